@@ -1,0 +1,101 @@
+"""Training configuration: one dataclass per concern, defaults from the design document."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal
+
+from fuse_runtime.preprocess import PreprocessConfig
+
+Task = Literal["ct-mri", "vis-ir"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+
+#: Modality names per task: the first takes the 3-channel input, the second the 1-channel input.
+TASK_MODALITIES: dict[str, tuple[str, str]] = {"ct-mri": ("ct", "mri"), "vis-ir": ("vis", "ir")}
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """Weights of the six loss components (design: 15, 8, 5, 3, 2, 10)."""
+
+    content: float = 15.0
+    structure: float = 8.0
+    detail: float = 5.0
+    consistency: float = 3.0
+    gradient: float = 2.0
+    medical: float = 10.0
+    medical_threshold: float = 0.5
+    """Pixels brighter than this (in [0,1]) form the medical loss masks."""
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            if getattr(self, f.name) < 0:
+                raise ValueError(f"loss weight {f.name} must be >= 0, got {getattr(self, f.name)}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The training recipe (design defaults: batch 4, lr 1e-5, 30 epochs, patience 10, ...)."""
+
+    task: Task = "ct-mri"
+    batch_size: int = 4
+    lr: float = 1e-5
+    epochs: int = 30
+    early_stopping_patience: int = 10
+    freeze_encoder_epochs: int = 5
+    warmup_epochs: int = 3
+    weight_decay: float = 1e-4
+    lr_scale_encoder: float = 0.1
+    lr_scale_fusion: float = 0.5
+    lr_scale_decoder: float = 1.0
+    gradient_clip: float = 1.0
+    precision: Precision = "auto"
+    seed: int = 42
+    crop_size: int = 256
+    """Training crop in pixels (a multiple of 32); validation always uses the full model size."""
+    val_fraction: float = 0.2
+    """Fraction of patients held out for validation (split by patient, never by slice)."""
+    hflip_p: float = 0.3
+    rotate_degrees: float = 5.0
+    intensity_jitter: float = 0.05
+    checkpoint_every: int = 5
+    imagenet: bool = True
+    num_workers: int = 0
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    loss: LossWeights = field(default_factory=LossWeights)
+
+    def __post_init__(self) -> None:
+        positive = ("batch_size", "lr", "epochs", "checkpoint_every")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.task not in TASK_MODALITIES:
+            raise ValueError(f"task must be one of {sorted(TASK_MODALITIES)}, got {self.task!r}")
+        if self.crop_size < 32 or self.crop_size % 32:
+            raise ValueError(f"crop_size must be a positive multiple of 32, got {self.crop_size}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
+
+    @property
+    def modalities(self) -> tuple[str, str]:
+        return TASK_MODALITIES[self.task]
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["preprocess"] = self.preprocess.to_dict()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown training settings: {sorted(unknown)}")
+        values = dict(data)
+        if "preprocess" in values and isinstance(values["preprocess"], dict):
+            values["preprocess"] = PreprocessConfig.from_dict(values["preprocess"])
+        if "loss" in values and isinstance(values["loss"], dict):
+            values["loss"] = LossWeights(**values["loss"])
+        return cls(**values)
