@@ -21,6 +21,7 @@ the original shape; an image already at the model size goes through untouched bo
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
@@ -59,17 +60,29 @@ class PreprocessConfig:
     resize_mode: ResizeMode = "letterbox"
 
     def __post_init__(self) -> None:
+        for name in ("ct_window_center", "ct_window_width", "clahe_clip_limit"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
         if self.ct_window_width <= 0:
             raise ValueError(f"ct_window_width must be > 0 HU, got {self.ct_window_width}")
+        if len(self.mri_percentiles) != 2 or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in self.mri_percentiles
+        ):
+            raise ValueError(f"mri_percentiles must be two numbers (low, high), got {self.mri_percentiles!r}")
         low, high = self.mri_percentiles
         if not 0.0 <= low < high <= 100.0:
             raise ValueError(f"mri_percentiles must satisfy 0 <= low < high <= 100, got {self.mri_percentiles}")
+        if not isinstance(self.clahe, bool):
+            raise ValueError(f"clahe must be True or False, got {self.clahe!r}")
         if self.clahe_clip_limit <= 0:
             raise ValueError(f"clahe_clip_limit must be > 0, got {self.clahe_clip_limit}")
-        if len(self.clahe_tile_grid) != 2 or min(self.clahe_tile_grid) < 1:
-            raise ValueError(f"clahe_tile_grid must be two positive ints, got {self.clahe_tile_grid}")
-        if self.image_size < 32 or self.image_size % 32:
-            raise ValueError(f"image_size must be a positive multiple of 32, got {self.image_size}")
+        grid = self.clahe_tile_grid
+        if len(grid) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in grid):
+            raise ValueError(f"clahe_tile_grid must be two positive ints, got {grid!r}")
+        size = self.image_size
+        if isinstance(size, bool) or not isinstance(size, int) or size < 32 or size % 32:
+            raise ValueError(f"image_size must be a positive multiple of 32 (pixels), got {size!r}")
         if self.resize_mode not in ("letterbox", "resize"):
             raise ValueError(f"resize_mode must be 'letterbox' or 'resize', got {self.resize_mode!r}")
 
@@ -88,6 +101,8 @@ class PreprocessConfig:
         values = dict(data)
         for key in ("mri_percentiles", "clahe_tile_grid"):
             if key in values:
+                if not isinstance(values[key], (list, tuple)):
+                    raise ValueError(f"{key} must be a list of two numbers, got {values[key]!r}")
                 values[key] = tuple(values[key])
         return cls(**values)
 
@@ -123,12 +138,19 @@ def check_finite(pixels: np.ndarray, source: object) -> None:
 def normalise_intensity(scan: Scan, role: Role, config: PreprocessConfig) -> np.ndarray:
     """Map a scan's pixels to float32 [0,1] by the rules in the module docstring.
 
-    Returns ``[S,H,W]`` (a 2-D scan gives S = 1). Raises FuseError for NaN/Inf or a constant scan.
+    Returns ``[S,H,W]`` (a 2-D scan gives S = 1). Raises FuseError naming the file for an empty,
+    non-gray, NaN/Inf or constant scan.
     """
+    if scan.pixels.size == 0:
+        raise FuseError("the image is empty (no pixels)", scan.source)
+    if scan.pixels.ndim not in (2, 3):
+        raise FuseError(
+            f"expected a gray image [H,W] or volume [S,H,W], got pixel shape {scan.pixels.shape}; "
+            "convert colour images to gray first",
+            scan.source,
+        )
     pixels = scan.slices().astype(np.float32, copy=False)
     check_finite(pixels, scan.source)
-    if pixels.size == 0:
-        raise FuseError("the image is empty (no pixels)", scan.source)
     low, high = float(pixels.min()), float(pixels.max())
     if high <= low:
         raise FuseError(f"the image is constant (every pixel is {low:g}); nothing to fuse", scan.source)
@@ -208,34 +230,33 @@ def prepare_pair(first: Scan, second: Scan, roles: tuple[Role, Role], config: Pr
 def check_registered(first: Scan, second: Scan, spacing_tol: float = 1e-3, affine_tol: float = 1e-2) -> None:
     """Refuse a pair whose geometry differs: shape, spacing or affine beyond a tolerance.
 
-    Spacing tolerance is relative; affine tolerance is in millimetres.
+    Spacing tolerance is relative; affine tolerance is absolute, in millimetres. The FuseError names
+    both files.
     """
-    where = f"{first.source} + {second.source}"
+    pair = f"{first.source} and {second.source}"
     if first.pixels.shape != second.pixels.shape:
         raise FuseError(
-            f"pair is not registered: shapes differ ({first.pixels.shape} vs {second.pixels.shape}); "
-            "resample one scan onto the other's grid first",
-            where,
+            f"{pair} are not registered: shapes differ ({first.pixels.shape} vs {second.pixels.shape}); "
+            "resample one scan onto the other's grid first"
         )
     a, b = np.asarray(first.spacing, float), np.asarray(second.spacing, float)
     if a.shape == b.shape and not np.allclose(a, b, rtol=spacing_tol, atol=0):
         raise FuseError(
-            f"pair is not registered: pixel spacing differs ({tuple(a)} vs {tuple(b)} mm); "
-            "resample one scan onto the other's grid first",
-            where,
+            f"{pair} are not registered: pixel spacing differs ({tuple(a)} vs {tuple(b)} mm); "
+            "resample one scan onto the other's grid first"
         )
     if first.affine is not None and second.affine is not None:
         if not np.allclose(first.affine, second.affine, atol=affine_tol, rtol=0):
             raise FuseError(
-                "pair is not registered: the scans' affines (position/orientation) differ; "
-                "register them (e.g. with ANTs or elastix) before fusing",
-                where,
+                f"{pair} are not registered: the scans' affines (position/orientation) differ by more "
+                f"than {affine_tol} mm; register them (e.g. with ANTs or elastix) before fusing"
             )
 
 
 def _resize(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     if image.shape == tuple(hw):
         return image.astype(np.float32, copy=True)
-    shrinking = hw[0] < image.shape[0] or hw[1] < image.shape[1]
+    # INTER_AREA averages when shrinking (no aliasing) but degrades to nearest-neighbour when enlarging.
+    shrinking = hw[0] <= image.shape[0] and hw[1] <= image.shape[1]
     interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
     return cv2.resize(image.astype(np.float32), (hw[1], hw[0]), interpolation=interpolation)
