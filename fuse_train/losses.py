@@ -1,0 +1,152 @@
+"""The six-part medical fusion loss (design-notes.md "Loss") and its SSIM and Sobel operators.
+
+Why our own SSIM and Sobel rather than kornia / pytorch-msssim: the design fixes an 11×11 *box*
+window with zero padding (average pooling, stride 1) and a plain 3×3 Sobel magnitude
+sqrt(gx² + gy² + 1e-8). kornia's ``metrics.ssim`` and pytorch-msssim use a Gaussian window
+(pytorch-msssim also drops the border instead of padding), and kornia's ``filters.sobel`` normalises
+the kernel by 1/8, pads by replication and uses a different epsilon — each would change the loss
+values and their balance against the design's weights. Both operators are a few lines of
+``avg_pool2d``/``conv2d``; tests/train/test_losses.py proves them against scikit-image's uniform-window
+SSIM and scipy's Sobel on interior pixels (where the padding choice cannot matter).
+
+All inputs are in [0,1]. The loss is always computed in float32, also under bf16/fp16 autocast.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fuse_train.config import LossWeights
+
+#: Component names, in the order of the design (and of the logged history columns).
+COMPONENTS: tuple[str, ...] = ("content", "structure", "detail", "consistency", "gradient", "medical")
+#: ITU-R BT.601 luma weights for RGB → gray.
+GRAY_WEIGHTS: tuple[float, float, float] = (0.299, 0.587, 0.114)
+#: SSIM box window side in pixels and stability constants (for data range 1).
+SSIM_WINDOW = 11
+SSIM_C1 = 0.01**2
+SSIM_C2 = 0.03**2
+#: Added under the square root of the Sobel magnitude so its gradient stays finite at flat pixels.
+SOBEL_EPS = 1e-8
+
+
+class FusionLoss(nn.Module):
+    """Weighted sum of the content, structure, detail, consistency, gradient and medical losses.
+
+    ``forward(fused [N,3,H,W], first [N,3,H,W], second [N,1,H,W]) -> (total, components)``; all
+    images in [0,1]; ``first`` is the CT (visible) image, ``second`` the MRI (infrared) image.
+    ``total`` is a float32 scalar carrying gradients to ``fused``; ``components`` maps each name in
+    :data:`COMPONENTS` to its detached, unweighted float32 scalar, so that
+    ``total == sum(weights.<name> * components[name])``.
+    """
+
+    def __init__(self, weights: LossWeights | None = None) -> None:
+        super().__init__()
+        self.weights = weights if weights is not None else LossWeights()
+
+    def forward(
+        self, fused: torch.Tensor, first: torch.Tensor, second: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        _check_shapes(fused, first, second)
+        with torch.autocast(device_type=fused.device.type, enabled=False):
+            parts = medical_fusion_losses(
+                fused.float(), first.float(), second.float(), threshold=self.weights.medical_threshold
+            )
+            total = sum(getattr(self.weights, name) * parts[name] for name in COMPONENTS)
+        return total, {name: parts[name].detach() for name in COMPONENTS}
+
+
+def medical_fusion_losses(
+    fused: torch.Tensor, first: torch.Tensor, second: torch.Tensor, threshold: float = 0.5
+) -> dict[str, torch.Tensor]:
+    """The six unweighted components (not detached) for fused/first [N,3,H,W], second [N,1,H,W].
+
+    content     L1(gray(fused), max(gray(first), second))
+    structure   ½[(1 − SSIM(fused, first)) + (1 − SSIM(gray(fused), second))]
+    detail      L1(∇fused, max(∇first, ∇second))
+    consistency ½[MSE(fused, first) + MSE(fused, second×3)]
+    gradient    ½[L1(∇fused, ∇first) + L1(∇fused, ∇second)]
+    medical     ½[MSE(gray(fused)·m₁, gray(first)·m₁) + MSE(gray(fused)·m₂, second·m₂)],
+                m₁ = gray(first) > threshold, m₂ = second > threshold (means over all pixels)
+
+    ∇ is :func:`sobel_magnitude` of the gray image.
+    """
+    fused_gray = to_gray(fused)
+    first_gray = to_gray(first)
+    second_gray = second
+    grad_fused = sobel_magnitude(fused_gray)
+    grad_first = sobel_magnitude(first_gray)
+    grad_second = sobel_magnitude(second_gray)
+    first_mask = (first_gray > threshold).to(fused.dtype)
+    second_mask = (second_gray > threshold).to(fused.dtype)
+    return {
+        "content": F.l1_loss(fused_gray, torch.maximum(first_gray, second_gray)),
+        "structure": 0.5 * (ssim_loss(fused, first) + ssim_loss(fused_gray, second_gray)),
+        "detail": F.l1_loss(grad_fused, torch.maximum(grad_first, grad_second)),
+        "consistency": 0.5 * (F.mse_loss(fused, first) + F.mse_loss(fused, second_gray.expand_as(fused))),
+        "gradient": 0.5 * (F.l1_loss(grad_fused, grad_first) + F.l1_loss(grad_fused, grad_second)),
+        "medical": 0.5
+        * (
+            F.mse_loss(fused_gray * first_mask, first_gray * first_mask)
+            + F.mse_loss(fused_gray * second_mask, second_gray * second_mask)
+        ),
+    }
+
+
+def to_gray(image: torch.Tensor) -> torch.Tensor:
+    """[N,3,H,W] RGB → [N,1,H,W] gray as 0.299 R + 0.587 G + 0.114 B; [N,1,H,W] passes through."""
+    if image.shape[1] == 1:
+        return image
+    r, g, b = GRAY_WEIGHTS
+    return r * image[:, 0:1] + g * image[:, 1:2] + b * image[:, 2:3]
+
+
+def ssim_map(x: torch.Tensor, y: torch.Tensor, window: int = SSIM_WINDOW) -> torch.Tensor:
+    """Per-pixel, per-channel SSIM [N,C,H,W] of x, y [N,C,H,W] in [0,1] (data range 1).
+
+    Local means, variances and covariance over a window×window box (average pooling, stride 1,
+    zero padding, divisor window² everywhere), population (biased) variances, C1 = 0.01²,
+    C2 = 0.03². Away from the border (``window // 2`` pixels) this equals scikit-image's
+    ``structural_similarity(gaussian_weights=False, use_sample_covariance=False, data_range=1)``.
+    """
+    pool = partial(F.avg_pool2d, kernel_size=window, stride=1, padding=window // 2)
+    mu_x, mu_y = pool(x), pool(y)
+    var_x = pool(x * x) - mu_x * mu_x
+    var_y = pool(y * y) - mu_y * mu_y
+    cov = pool(x * y) - mu_x * mu_y
+    numerator = (2 * mu_x * mu_y + SSIM_C1) * (2 * cov + SSIM_C2)
+    denominator = (mu_x * mu_x + mu_y * mu_y + SSIM_C1) * (var_x + var_y + SSIM_C2)
+    return numerator / denominator
+
+
+def ssim_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """1 − mean of :func:`ssim_map` (a scalar in [0, 2]; 0 for identical images)."""
+    return 1.0 - ssim_map(x, y).mean()
+
+
+def sobel_magnitude(gray: torch.Tensor) -> torch.Tensor:
+    """3×3 Sobel gradient magnitude sqrt(gx² + gy² + 1e-8) of gray [N,1,H,W], zero padding → [N,1,H,W].
+
+    Unnormalised kernels (a unit step gives 4), as in scipy.ndimage.sobel.
+    """
+    kx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], dtype=gray.dtype, device=gray.device)
+    kernels = torch.stack([kx, kx.t()]).unsqueeze(1)  # [2,1,3,3]: d/dx, d/dy
+    g = F.conv2d(gray, kernels, padding=1)
+    return torch.sqrt(g[:, 0:1] ** 2 + g[:, 1:2] ** 2 + SOBEL_EPS)
+
+
+def _check_shapes(fused: torch.Tensor, first: torch.Tensor, second: torch.Tensor) -> None:
+    for name, tensor, channels in (("fused", fused, 3), ("first", first, 3), ("second", second, 1)):
+        if tensor.dim() != 4 or tensor.shape[1] != channels:
+            raise ValueError(f"{name} must be [N,{channels},H,W], got shape {tuple(tensor.shape)}")
+    if not (fused.shape[0] == first.shape[0] == second.shape[0]) or not (
+        fused.shape[-2:] == first.shape[-2:] == second.shape[-2:]
+    ):
+        raise ValueError(
+            "fused, first and second must share N, H, W, got "
+            f"{tuple(fused.shape)}, {tuple(first.shape)} and {tuple(second.shape)}"
+        )
