@@ -49,6 +49,8 @@ class Manifest:
     gpu: dict[str, Any] | None = None
     parity: dict[str, Any] = field(default_factory=dict)
     source_checkpoint: dict[str, Any] = field(default_factory=dict)
+    export: dict[str, Any] = field(default_factory=dict)
+    """The resolved export settings (fuse_export's ExportConfig), for reproducing the build."""
     format_version: int = FORMAT_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -66,6 +68,7 @@ class Manifest:
             "gpu": self.gpu,
             "parity": self.parity,
             "source_checkpoint": self.source_checkpoint,
+            "export": self.export,
         }
 
     @classmethod
@@ -83,6 +86,7 @@ class Manifest:
             gpu=data.get("gpu"),
             parity=dict(data.get("parity", {})),
             source_checkpoint=dict(data.get("source_checkpoint", {})),
+            export=dict(data.get("export", {})),
             format_version=int(data.get("format_version", FORMAT_VERSION)),
         )
 
