@@ -1,0 +1,425 @@
+"""Find registered pairs (CT + MRI, or visible + infrared) in a folder tree, and load them.
+
+Layouts recognised anywhere under the root (the tree is searched recursively, so one root can hold
+several datasets; folder names are matched case-insensitively):
+
+* paired folders: ``DIR/CT/<name>`` + ``DIR/MRI/<name>`` (also ``MR/``; ``vi/`` + ``ir/`` for the
+  visible–infrared task) holding images, single DICOM files, NIfTI files or DICOM series folders
+  paired by the same stem (``20005.png`` + ``20005.png``, ``x.dcm`` + ``x.tif`` ...);
+* per-case DICOM series: ``DIR/<case>/CT/*.dcm`` + ``DIR/<case>/MRI/*.dcm`` (a role folder whose DICOM
+  files all belong to one series is one scan);
+* per-case volumes: ``DIR/<case>/ct.nii.gz`` + ``DIR/<case>/mri.nii.gz`` (also ``.nii``, ``mr.*``).
+
+A pair's name is its path relative to the root without the role folder and suffix: ``20005`` for
+``ROOT/CT/20005.png``, ``train/20005`` for ``ROOT/train/CT/20005.png``, ``case01`` for
+``ROOT/case01/ct.nii.gz`` (a case at the root itself is named after the root folder).
+
+Discovery (``find_pairs``) reads only file names and, for DICOM, the series UID; unpaired names and
+unusable files become ``PairProblem`` entries while the rest proceeds. Reading the pixels
+(``load_pair``) finds unreadable files and pairs whose geometry differs; ``verify_pairs`` does that for
+a whole report, moving each failing pair into the problems.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+import pydicom
+from pydicom.errors import InvalidDicomError
+from tqdm import tqdm
+
+from fuse_runtime.errors import FuseError
+from fuse_runtime.io import read_scan
+from fuse_runtime.preprocess import Role, check_registered
+from fuse_runtime.scan import Scan
+
+Task = Literal["ct-mri", "vis-ir"]
+Kind = Literal["image", "dicom-file", "dicom-series", "nifti"]
+
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
+
+
+@dataclass(frozen=True)
+class TaskLayout:
+    """How one task's two roles are spelled on disk and what read_scan is told about them."""
+
+    roles: tuple[Role, Role]
+    labels: tuple[str, str]
+    folder_names: tuple[frozenset[str], frozenset[str]]
+    modalities: tuple[str, str]
+
+
+TASKS: dict[str, TaskLayout] = {
+    "ct-mri": TaskLayout(
+        roles=("ct", "mri"),
+        labels=("CT", "MRI"),
+        folder_names=(frozenset({"ct"}), frozenset({"mri", "mr"})),
+        modalities=("CT", "MR"),
+    ),
+    "vis-ir": TaskLayout(
+        roles=("vis", "ir"),
+        labels=("visible", "infrared"),
+        folder_names=(frozenset({"vi", "vis", "visible"}), frozenset({"ir", "infrared"})),
+        modalities=("VIS", "IR"),
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Pair:
+    """Two registered scans of the same anatomy (or scene), ready for ``load_pair``.
+
+    name:   path relative to the search root, without role folder and suffix (see module docstring).
+    first:  the CT (or visible) file or DICOM series folder.
+    second: the MRI (or infrared) file or DICOM series folder.
+    kind:   the format of ``first`` ("image", "dicom-file", "dicom-series", "nifti"); ``second`` is
+            usually the same and is detected separately when read.
+    task:   "ct-mri" or "vis-ir"; sets the roles and the modalities the scans are read as.
+    """
+
+    name: str
+    first: Path
+    second: Path
+    kind: Kind
+    task: Task = "ct-mri"
+
+    @property
+    def roles(self) -> tuple[Role, Role]:
+        return TASKS[self.task].roles
+
+
+@dataclass(frozen=True)
+class PairProblem:
+    """A name that could not become a usable pair, the paths involved and why (with the fix)."""
+
+    name: str
+    paths: tuple[Path, ...]
+    reason: str
+
+    @classmethod
+    def from_error(cls, pair: Pair, error: FuseError) -> "PairProblem":
+        return cls(pair.name, (pair.first, pair.second), str(error))
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.reason}"
+
+
+@dataclass
+class PairingReport:
+    """What ``find_pairs`` found under ``root``: usable pairs and problems, each sorted by name."""
+
+    root: Path
+    task: Task
+    pairs: list[Pair] = field(default_factory=list)
+    problems: list[PairProblem] = field(default_factory=list)
+
+
+def find_pairs(root: str | Path, task: Task = "ct-mri") -> PairingReport:
+    """Search ``root`` recursively for pairs in the layouts of the module docstring.
+
+    Raises FuseError when ``root`` is not a folder or holds neither a pair nor a problem (no layout
+    recognised at all); ValueError for an unknown ``task``.
+    """
+    layout = _layout(task)
+    root = Path(root)
+    if not root.is_dir():
+        raise FuseError("not a folder; point at a folder holding CT/ and MRI/ (or case) folders", root)
+    finder = _Finder(root, task, layout)
+    finder.search(root)
+    if not finder.pairs and not finder.problems:
+        first, second = layout.labels
+        raise FuseError(
+            f"no {first}/{second} pairs found; expected {first}/ + {second}/ folders with matching file "
+            f"names, or case folders holding {first}/ + {second}/ DICOM series or "
+            f"{layout.roles[0]}.nii.gz + {layout.roles[1]}.nii.gz",
+            root,
+        )
+    return PairingReport(
+        root=root,
+        task=task,
+        pairs=sorted(finder.pairs, key=lambda pair: pair.name),
+        problems=sorted(finder.problems, key=lambda problem: problem.name),
+    )
+
+
+def load_pair(pair: Pair) -> tuple[Scan, Scan]:
+    """Read both scans of ``pair`` (modalities set from the task's roles) and check they are registered.
+
+    Raises FuseError naming both files when either is unreadable or their geometry (shape, spacing,
+    affine) differs.
+    """
+    layout = TASKS[pair.task]
+    try:
+        first = read_scan(pair.first, modality=layout.modalities[0])
+        second = read_scan(pair.second, modality=layout.modalities[1])
+    except (FuseError, OSError) as error:
+        raise FuseError(f"cannot load the pair {pair.first} + {pair.second}: {error}") from None
+    check_registered(first, second)
+    return first, second
+
+
+def verify_pairs(report: PairingReport, progress: bool = False) -> PairingReport:
+    """Load every pair once; a pair that fails moves into the problems with the reason.
+
+    Returns a new report; ``progress`` shows a tqdm bar (reading is the slow part of a large tree).
+    """
+    good: list[Pair] = []
+    problems = list(report.problems)
+    for pair in tqdm(report.pairs, desc="checking pairs", unit="pair", disable=not progress):
+        try:
+            load_pair(pair)
+        except FuseError as error:
+            problems.append(PairProblem.from_error(pair, error))
+        else:
+            good.append(pair)
+    return replace(report, pairs=good, problems=sorted(problems, key=lambda problem: problem.name))
+
+
+def patient_id(name: str) -> str:
+    """The patient a pair belongs to, for splitting training and validation by patient.
+
+    Harvard Whole Brain Atlas names are the patient id followed by a 2-digit slice number, so the
+    patient is all but the last two digits: ``2006`` → ``20`` (patient 20, slice 06), ``28015`` →
+    ``280``. Folders in the name are kept (``train/28015`` → ``train/280``) so equal ids in different
+    datasets stay apart. Any other name (``case01``, ``FLIR_00211``, a 1–2 digit ``11``) is not in
+    that scheme and is its own patient: the name is returned unchanged.
+    """
+    folder, _, stem = name.rpartition("/")
+    if not re.fullmatch(r"\d{3,}", stem):
+        return name
+    return f"{folder}/{stem[:-2]}" if folder else stem[:-2]
+
+
+# --- discovery -----------------------------------------------------------------------------------
+
+
+@dataclass
+class _Entry:
+    """One scan inside a role folder: a file or a DICOM series folder."""
+
+    path: Path
+    kind: Kind
+
+
+@dataclass
+class _RoleFolder:
+    """A role folder's content: either one DICOM series as a whole, or entries keyed by stem."""
+
+    series: bool
+    entries: dict[str, _Entry]
+
+
+@dataclass
+class _Finder:
+    root: Path
+    task: Task
+    layout: TaskLayout
+    pairs: list[Pair] = field(default_factory=list)
+    problems: list[PairProblem] = field(default_factory=list)
+
+    def search(self, folder: Path) -> None:
+        try:
+            children = _visible_children(folder)
+        except FuseError as error:
+            if folder == self.root:
+                raise
+            self._problem(self._name(folder), [folder], error.reason)
+            return
+        dirs = [child for child in children if child.is_dir() and not child.is_symlink()]
+        role_dirs = [self._role_children(dirs, names) for names in self.layout.folder_names]
+        if any(role_dirs):
+            self._pair_role_folders(folder, role_dirs[0], role_dirs[1])
+        self._pair_case_files(folder, [child for child in children if child.is_file()])
+        consumed = {path for paths in role_dirs for path in paths}
+        for child in dirs:
+            if child not in consumed:
+                self.search(child)
+
+    def _role_children(self, dirs: list[Path], names: frozenset[str]) -> list[Path]:
+        return [child for child in dirs if child.name.lower() in names]
+
+    def _name(self, folder: Path, stem: str | None = None) -> str:
+        relative = folder.relative_to(self.root).as_posix()
+        if stem is None:
+            return self.root.name if relative == "." else relative
+        return stem if relative == "." else f"{relative}/{stem}"
+
+    def _problem(self, name: str, paths: Iterable[Path], reason: str) -> None:
+        self.problems.append(PairProblem(name, tuple(paths), reason))
+
+    def _pair_role_folders(self, folder: Path, firsts: list[Path], seconds: list[Path]) -> None:
+        labels = self.layout.labels
+        for found, label in ((firsts, labels[0]), (seconds, labels[1])):
+            if len(found) > 1:
+                self._problem(
+                    self._name(folder),
+                    found,
+                    f"several {label} folders ({', '.join(p.name for p in found)}); merge them into one",
+                )
+                return
+        if not firsts or not seconds:
+            present, missing = (firsts[0], labels[1]) if firsts else (seconds[0], labels[0])
+            self._problem(
+                self._name(folder),
+                [present],
+                f"{present.name}/ has no {missing} folder beside it; add one with matching names",
+            )
+            return
+        first_dir, second_dir = firsts[0], seconds[0]
+        first, second = self._read_role_folder(folder, first_dir), self._read_role_folder(folder, second_dir)
+        if first.series and second.series:
+            self.pairs.append(Pair(self._name(folder), first_dir, second_dir, "dicom-series", self.task))
+            return
+        if first.series != second.series:
+            whole, split = (first_dir, second_dir) if first.series else (second_dir, first_dir)
+            self._problem(
+                self._name(folder),
+                [first_dir, second_dir],
+                f"{whole.name}/ holds one DICOM series but {split.name}/ holds separate scans; "
+                "use the same layout on both sides",
+            )
+            return
+        for stem in sorted(first.entries.keys() | second.entries.keys()):
+            name = self._name(folder, stem)
+            a, b = first.entries.get(stem), second.entries.get(stem)
+            if a is not None and b is not None:
+                self.pairs.append(Pair(name, a.path, b.path, a.kind, self.task))
+            else:
+                have, have_dir, missing = (a, first_dir, labels[1]) if a is not None else (b, second_dir, labels[0])
+                self._problem(name, [have.path], f"no {missing} for {have_dir.name}/{have.path.name}")
+
+    def _read_role_folder(self, folder: Path, role_dir: Path) -> _RoleFolder:
+        children = _visible_children(role_dir)
+        files = [child for child in children if child.is_file()]
+        dicoms = [child for child in files if _is_dicom(child)]
+        others = [child for child in children if child not in dicoms]
+        if len(dicoms) > 1 and not others and _one_series(dicoms):
+            return _RoleFolder(series=True, entries={})
+        entries: dict[str, _Entry] = {}
+        for child in children:
+            kind = _kind(child)
+            if kind is None:
+                what = "folder holds no DICOM files" if child.is_dir() else "file is not a scan"
+                self._problem(
+                    self._name(folder, _stem(child)),
+                    [child],
+                    f"{role_dir.name}/{child.name}: {what} (expected PNG/TIFF/JPEG, DICOM, NIfTI or a "
+                    "DICOM series folder); move it out of the scan folders",
+                )
+                continue
+            stem = _stem(child)
+            if stem in entries:
+                self._problem(
+                    self._name(folder, stem),
+                    [entries[stem].path, child],
+                    f"{role_dir.name}/ has two scans named {stem!r}; keep one",
+                )
+                continue
+            entries[stem] = _Entry(child, kind)
+        return _RoleFolder(series=False, entries=entries)
+
+    def _pair_case_files(self, folder: Path, files: list[Path]) -> None:
+        """Per-case volumes: ``ct.nii.gz`` + ``mri.nii.gz`` (any scan format) directly in ``folder``."""
+        found: list[list[Path]] = [[], []]
+        for child in files:
+            for index, names in enumerate(self.layout.folder_names):
+                if _stem(child).lower() in names and _kind(child) is not None:
+                    found[index].append(child)
+        if not any(found):
+            return
+        name = self._name(folder)
+        labels = self.layout.labels
+        for side, label in zip(found, labels):
+            if len(side) > 1:
+                self._problem(name, side, f"several {label} scans ({', '.join(p.name for p in side)}); keep one")
+                return
+        if not found[0] or not found[1]:
+            present, missing = (found[0][0], labels[1]) if found[0] else (found[1][0], labels[0])
+            self._problem(name, [present], f"no {missing} scan beside {present.name}")
+            return
+        if any(pair.name == name for pair in self.pairs):
+            self._problem(
+                name,
+                [found[0][0], found[1][0]],
+                f"{found[0][0].name} + {found[1][0].name} duplicate the pair in the role folders of the same "
+                "case; keep one layout per case",
+            )
+            return
+        kind = _kind(found[0][0])
+        assert kind is not None
+        self.pairs.append(Pair(name, found[0][0], found[1][0], kind, self.task))
+
+
+def _layout(task: str) -> TaskLayout:
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {sorted(TASKS)}, got {task!r}")
+    return TASKS[task]
+
+
+def _visible_children(folder: Path) -> list[Path]:
+    """Sorted children, without hidden names (``.DS_Store``, partial files being written)."""
+    try:
+        return sorted(child for child in folder.iterdir() if not child.name.startswith("."))
+    except OSError as error:
+        raise FuseError(f"cannot list the folder ({error.strerror}); check its permissions", folder) from None
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    for suffix in NIFTI_SUFFIXES + IMAGE_SUFFIXES + DICOM_SUFFIXES:
+        if name.endswith(suffix):
+            return suffix
+    return ""
+
+
+def _stem(path: Path) -> str:
+    suffix = _suffix(path)
+    return path.name[: len(path.name) - len(suffix)] if suffix and path.is_file() else path.name
+
+
+def _kind(path: Path) -> Kind | None:
+    if path.is_dir():
+        return "dicom-series" if any(_is_dicom(child) for child in _visible_children(path) if child.is_file()) else None
+    suffix = _suffix(path)
+    if suffix in IMAGE_SUFFIXES:
+        return "image"
+    if suffix in NIFTI_SUFFIXES:
+        return "nifti"
+    return "dicom-file" if _is_dicom(path) else None
+
+
+def _is_dicom(path: Path) -> bool:
+    """A DICOM suffix, or the ``DICM`` marker after the 128-byte preamble (files named ``IM0001``)."""
+    suffix = _suffix(path)
+    if suffix in DICOM_SUFFIXES:
+        return True
+    if suffix:
+        return False
+    try:
+        with path.open("rb") as handle:
+            return handle.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
+
+
+def _one_series(files: list[Path]) -> bool:
+    """True when every file is readable DICOM and they share one SeriesInstanceUID."""
+    uids = set()
+    for path in files:
+        try:
+            dataset = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"], force=True)
+        except (InvalidDicomError, OSError, ValueError, EOFError):
+            return False
+        uid = str(dataset.get("SeriesInstanceUID", ""))
+        if not uid:
+            return False
+        uids.add(uid)
+        if len(uids) > 1:
+            return False
+    return True
