@@ -61,6 +61,10 @@ class TrainConfig:
     checkpoint_every: int = 5
     imagenet: bool = True
     num_workers: int = 0
+    max_pairs: int | None = None
+    """Use at most this many pairs, taken round-robin over patients (None: all); for smoke runs."""
+    min_foreground: float = 0.01
+    """Volume slices with less than this fraction of pixels above 5% intensity in both images are skipped."""
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     loss: LossWeights = field(default_factory=LossWeights)
 
@@ -73,6 +77,15 @@ class TrainConfig:
             raise ValueError(f"task must be one of {sorted(TASK_MODALITIES)}, got {self.task!r}")
         if self.crop_size < 32 or self.crop_size % 32:
             raise ValueError(f"crop_size must be a positive multiple of 32, got {self.crop_size}")
+        if self.crop_size > self.preprocess.image_size:
+            raise ValueError(
+                f"crop_size ({self.crop_size}) must not exceed the model size preprocess.image_size "
+                f"({self.preprocess.image_size})"
+            )
+        if self.max_pairs is not None and self.max_pairs < 2:
+            raise ValueError(f"max_pairs must be >= 2 (or None for all), got {self.max_pairs}")
+        if not 0.0 <= self.min_foreground < 1.0:
+            raise ValueError(f"min_foreground must be in [0, 1), got {self.min_foreground}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
