@@ -3,7 +3,7 @@
 Rules:
 
 * Decoded with ``cv2.IMREAD_UNCHANGED``, so 16-bit PNG/TIFF values arrive exactly as stored (no
-  scaling to 8 bits, no EXIF rotation).
+  scaling to 8 bits, no EXIF rotation). A multi-page TIFF gives its first page.
 * A colour image whose channels are all equal (the Harvard test PNGs: gray stored as 3 channels) is
   taken as gray exactly. Any other colour image becomes its ITU-R BT.601 luma,
   ``0.299 R + 0.587 G + 0.114 B`` — the weights of OpenCV's ``COLOR_BGR2GRAY`` and of the fusion
