@@ -46,8 +46,11 @@ VIF_EPS = 1e-10
 # SSIM data_range: the float default of older scikit-image ([-1, 1] → 2) that published tables used.
 SSIM_DATA_RANGE = 2.0
 
-_SOBEL_ROWS = np.array([[1.0, 2.0, 1.0], [0.0, 0.0, 0.0], [-1.0, -2.0, -1.0]])
-_SOBEL_COLS = np.array([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
+# The reference code convolves with Sobel kernels [[1,2,1],[0,0,0],[-1,-2,-1]] (s_y) and
+# [[-1,0,1],[-2,0,2],[-1,0,1]] (s_x); as correlations of separable factors (rows, then columns):
+# s_x = smooth ⊗ diff and s_y = -diff ⊗ smooth, with diff = [1, 0, -1].
+_SOBEL_SMOOTH = np.array([1.0, 2.0, 1.0])
+_SOBEL_DIFF = np.array([1.0, 0.0, -1.0])
 
 
 def evaluate(ct: np.ndarray, mri: np.ndarray, fused: np.ndarray) -> dict[str, float]:
@@ -296,10 +299,9 @@ def _gaussian_1d(size: int) -> np.ndarray:
 
 def _filter_valid(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     """Separable correlation with ``kernel ⊗ kernel``, keeping only the 'valid' region."""
-    out = ndimage.correlate1d(image, kernel, axis=0, mode="constant")
-    out = ndimage.correlate1d(out, kernel, axis=1, mode="constant")
     r = (kernel.size - 1) // 2
-    return out[r : image.shape[0] - r, r : image.shape[1] - r]
+    rows = ndimage.correlate1d(image, kernel, axis=0, mode="constant")[r : image.shape[0] - r]
+    return ndimage.correlate1d(rows, kernel, axis=1, mode="constant")[:, r : image.shape[1] - r]
 
 
 def _vif_one(ref: np.ndarray, dist: np.ndarray) -> float:
@@ -335,10 +337,16 @@ def _vif_one(ref: np.ndarray, dist: np.ndarray) -> float:
     return numerator / denominator
 
 
+def _correlate_separable(image: np.ndarray, along_rows: np.ndarray, along_cols: np.ndarray) -> np.ndarray:
+    """Correlation with ``outer(along_rows, along_cols)``, zero padding, same size."""
+    out = ndimage.correlate1d(image, along_rows, axis=0, mode="constant")
+    return ndimage.correlate1d(out, along_cols, axis=1, mode="constant")
+
+
 def _sobel_strength_angle(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Sobel gradient strength and orientation, zero padding ('same' size), as in the Qabf code."""
-    s_x = ndimage.convolve(image, _SOBEL_COLS, mode="constant")
-    s_y = ndimage.convolve(image, _SOBEL_ROWS, mode="constant")
+    s_x = _correlate_separable(image, _SOBEL_SMOOTH, _SOBEL_DIFF)
+    s_y = _correlate_separable(image, -_SOBEL_DIFF, _SOBEL_SMOOTH)
     strength = np.hypot(s_x, s_y)
     angle = np.full_like(image, math.pi / 2.0)
     np.arctan(np.divide(s_y, s_x, where=s_x != 0, out=np.zeros_like(s_y)), where=s_x != 0, out=angle)
