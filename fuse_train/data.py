@@ -35,7 +35,7 @@ from torch.utils.data import Dataset
 
 from fuse_runtime.errors import FuseError
 from fuse_runtime.pairing import Pair, find_pairs, load_pair, patient_id
-from fuse_runtime.preprocess import normalise_scan, to_model_size
+from fuse_runtime.preprocess import normalise_intensity, normalise_scan, to_model_size
 from fuse_train.config import TrainConfig
 
 #: A pixel counts as foreground above this normalised intensity (for skipping empty volume slices).
@@ -148,20 +148,32 @@ def select_pairs(pairs: list[Pair], max_pairs: int | None, group: Callable[[Pair
 
 
 def decode_pair(pair: Pair, config: TrainConfig) -> list[Sample]:
-    """Read, check (``load_pair`` refuses unregistered pairs), normalise and resize one pair; one Sample per (non-empty) slice."""
-    first_scan, second_scan = load_pair(pair)
-    roles = config.modalities
-    first, _ = to_model_size(normalise_scan(first_scan, roles[0], config.preprocess), config.preprocess)
-    second, _ = to_model_size(normalise_scan(second_scan, roles[1], config.preprocess), config.preprocess)
-    volume = first.shape[0] > 1
+    """Read, check (``load_pair`` refuses unregistered pairs), normalise and resize one pair.
+
+    One Sample per slice; a volume's nearly empty slices are left out. Emptiness is judged before
+    CLAHE, which turns an all-black slice into a uniform gray.
+    """
+    scans = load_pair(pair)
+    prep = config.preprocess
+    first, second = (
+        to_model_size(normalise_scan(scan, role, prep), prep)[0] for scan, role in zip(scans, config.modalities)
+    )
+    keep = np.ones(first.shape[0], dtype=bool)
+    if first.shape[0] > 1:
+        first_raw, second_raw = (normalise_intensity(scan, role, prep) for scan, role in zip(scans, config.modalities))
+        keep = np.array(
+            [max(foreground_fraction(a), foreground_fraction(b)) >= config.min_foreground for a, b in zip(first_raw, second_raw)]
+        )
     group = group_of(pair.name, config.task)
-    samples = []
-    for index, (a, b) in enumerate(zip(first, second)):
-        if volume and max(foreground_fraction(a), foreground_fraction(b)) < config.min_foreground:
-            continue
-        name = f"{pair.name}[{index}]" if volume else pair.name
-        samples.append(Sample(name, group, np.ascontiguousarray(a), np.ascontiguousarray(b)))
-    return samples
+    return [
+        Sample(
+            f"{pair.name}[{index}]" if first.shape[0] > 1 else pair.name,
+            group,
+            np.ascontiguousarray(first[index]),
+            np.ascontiguousarray(second[index]),
+        )
+        for index in np.flatnonzero(keep)
+    ]
 
 
 def foreground_fraction(image: np.ndarray) -> float:

@@ -227,6 +227,8 @@ def _run(config: TrainConfig, options: RunOptions, ctx: DistContext, echo: Echo)
     resume_state = read_checkpoint(out / LAST_NAME) if options.resume else None
     if not options.resume:
         check_new_run_dir(out)
+        if options.init is not None and not Path(options.init).is_file():
+            raise FuseError("checkpoint to initialise from not found; give a run's best.pt (--init)", options.init)
     distributed.barrier(ctx)
     precision = resolve_precision(config.precision, ctx.device)
     torch.manual_seed(config.seed)
@@ -318,6 +320,8 @@ def _run(config: TrainConfig, options: RunOptions, ctx: DistContext, echo: Echo)
             _save_epoch(out, model, config, record, improved, run_info, optimizer, scheduler, scaler, stopper, history)
         echo(_summary_line(record, config.epochs, improved))
         stopped_early = stopper.should_stop
+    if start_epoch >= config.epochs:
+        echo(f"nothing to do: the run already finished its {config.epochs} epochs; pass --epochs N to extend it")
     if stopped_early:
         echo(f"early stopping: no lower validation loss for {stopper.bad_epochs} epochs")
     if history:
