@@ -266,19 +266,11 @@ def _run(config: TrainConfig, options: RunOptions, ctx: DistContext, echo: Echo)
         out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out / CONFIG_NAME, config.to_dict())
 
-    train_set = FusionDataset(data.train, config, train=True)
-    val_set = FusionDataset(data.val, config, train=False)
-    sampler = DistributedSampler(
-        train_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=config.seed
-    )
-    train_loader = DataLoader(
-        train_set, batch_size=config.batch_size, sampler=sampler, num_workers=config.num_workers
-    )
-    val_shard = Subset(val_set, range(ctx.rank, len(val_set), ctx.world_size))
-    val_loader = DataLoader(val_shard, batch_size=config.batch_size, num_workers=config.num_workers)
+    train_set, sampler, train_loader, val_loader = _loaders(data, config, ctx)
+    cpu_note = " — this CPU has no native bf16" if config.precision == "auto" and precision.dtype is None else ""
     echo(
-        f"training {config.task} on {ctx.device.type} ×{ctx.world_size} ({precision.name}): "
-        f"{len(train_set)} training and {len(val_set)} validation images, "
+        f"training {config.task} on {ctx.device.type} ×{ctx.world_size} ({precision.name}{cpu_note}): "
+        f"{len(data.train)} training and {len(data.val)} validation images, "
         f"crop {config.crop_size} px, validation at {config.preprocess.image_size} px"
     )
 
@@ -300,8 +292,10 @@ def _run(config: TrainConfig, options: RunOptions, ctx: DistContext, echo: Echo)
         train_sums, train_seconds = _train_epoch(
             ddp_model, train_loader, loss_fn, optimizer, scaler, precision, config, ctx, epoch, options
         )
-        val_sums = evaluate(ddp_model, val_loader, loss_fn, ctx.device, precision)
+        # One model on every rank, then validate without the DDP wrapper: the ranks' validation
+        # shards may differ by a batch, and DDP's forward is a collective.
         distributed.broadcast_buffers(model, ctx)
+        val_sums = evaluate(model, val_loader, loss_fn, ctx.device, precision)
         train_sums = distributed.sum_over_ranks(train_sums, ctx)
         val_sums = distributed.sum_over_ranks(val_sums, ctx)
         scheduler.step()
@@ -337,6 +331,23 @@ def _run(config: TrainConfig, options: RunOptions, ctx: DistContext, echo: Echo)
         run_dir=out,
         data=data,
     )
+
+
+def _loaders(
+    data: TrainingData, config: TrainConfig, ctx: DistContext
+) -> tuple[FusionDataset, DistributedSampler, DataLoader, DataLoader]:
+    """Training loader over a DistributedSampler (shuffled per epoch from the seed; every rank gets
+    the same number of batches) and this rank's share of the validation images (no padding)."""
+    train_set = FusionDataset(data.train, config, train=True)
+    val_set = FusionDataset(data.val, config, train=False)
+    sampler = DistributedSampler(train_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=config.seed)
+    pin = ctx.device.type == "cuda"
+    train_loader = DataLoader(
+        train_set, batch_size=config.batch_size, sampler=sampler, num_workers=config.num_workers, pin_memory=pin
+    )
+    val_shard = Subset(val_set, range(ctx.rank, len(val_set), ctx.world_size))
+    val_loader = DataLoader(val_shard, batch_size=config.batch_size, num_workers=config.num_workers, pin_memory=pin)
+    return train_set, sampler, train_loader, val_loader
 
 
 def _train_epoch(

@@ -17,10 +17,11 @@ from fuse_train.model import FusionNet
 from fuse_train.trainer import RunOptions, run_training
 
 WORLD_SIZE = 2
-DEADLINE_S = 600
+DEADLINE_S = 300
 
 # Epoch 1 with frozen encoders, epoch 2 unfrozen: the DDP wrapper is rebuilt when the frozen set
-# changes, and the encoders' gradients must then be averaged over both ranks too.
+# changes, and the encoders' gradients must then be averaged over both ranks too. Three validation
+# patients (one image each) at batch 1 give the ranks 2 and 1 validation batches: uneven shards.
 CONFIG = TrainConfig(
     crop_size=64,
     preprocess=PreprocessConfig(image_size=64),
@@ -29,7 +30,8 @@ CONFIG = TrainConfig(
     warmup_epochs=0,
     lr=1e-3,
     max_pairs=8,
-    batch_size=2,
+    val_fraction=0.35,
+    batch_size=1,
     imagenet=False,
     precision="fp32",
 )
