@@ -1,0 +1,129 @@
+"""``fuse-run``: fuse every CT/MRI pair under a folder with an exported model (no PyTorch needed).
+
+Exit status: 0 when every pair was fused or skipped, 1 when any pair failed (each is named in the
+output and in OUT/report.json), 2 for a usage error (bad option, missing or unusable engine, input
+folder missing, output folder not writable), 130 when interrupted.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from fuse_runtime.engines import PROVIDER_CHOICES, open_engine
+from fuse_runtime.errors import FuseError
+from fuse_runtime.pipeline import FORMATS, RunOptions, run
+from fuse_runtime.report import REPORT_NAME
+
+EXIT_FAILED_PAIRS = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+_DEFAULTS = RunOptions()
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option(
+    "--engine", "engine_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+    help="Exported model: model.onnx (ONNX Runtime) or model.plan (TensorRT), as written by fuse-export. "
+    "Preprocessing settings are read from the manifest.json beside it (else the ONNX metadata).",
+)
+@click.option(
+    "--in", "in_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+    help="Folder searched recursively for pairs: CT/ + MRI/ folders with matching names (PNG/TIFF/JPEG, "
+    "DICOM), case folders with CT/ + MRI/ DICOM series, or ct.nii.gz + mri.nii.gz.",
+)
+@click.option(
+    "--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+    help="Output folder (created if missing, must not be inside --in). Mirrors the input tree and gets "
+    f"{REPORT_NAME}.",
+)
+@click.option(
+    "--batch-size", type=click.IntRange(min=1), default=_DEFAULTS.batch_size, show_default=True,
+    help="Slices per engine call; slices of several studies share a batch. Clamped to the engine's batch range.",
+)
+@click.option(
+    "--format", "output_format", type=click.Choice(FORMATS), default=_DEFAULTS.output_format, show_default=True,
+    help="Output format. auto: same kind as the input (images → PNG, DICOM → DICOM Secondary Capture, "
+    "NIfTI → NIfTI). png: 8-bit PNG (a folder of slices for volumes). nifti: uint8 .nii.gz on the CT's grid "
+    "(RGB as a trailing axis of 3). dicom: Secondary Capture series.",
+)
+@click.option(
+    "--workers", type=click.IntRange(min=1), default=_DEFAULTS.workers, show_default=True,
+    help="Threads reading and preprocessing pairs while the engine runs.",
+)
+@click.option(
+    "--threads", type=click.IntRange(min=1), default=None,
+    help="CPU threads ONNX Runtime uses inside one engine call [default: ONNX Runtime's, one per core].",
+)
+@click.option(
+    "--provider", type=click.Choice(PROVIDER_CHOICES), default="auto", show_default=True,
+    help="ONNX Runtime execution provider for .onnx (auto: CUDA when available, else CPU). A missing "
+    "provider falls back to the CPU with a notice. A .plan always runs on TensorRT.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace existing outputs [default: skip them, so a re-run resumes].")
+@click.option(
+    "--metrics", is_flag=True,
+    help="Add fusion metrics per pair (EN, SD, SF, MI, SCD, VIF, Qabf, SSIM...; 8-bit gray, mean over slices) "
+    "to the report.",
+)
+@click.option("--preview", is_flag=True, help="Also write CT | MRI | fused side-by-side PNGs under OUT/preview/.")
+@click.option("--gray", is_flag=True, help="Write 8-bit gray (BT.601 luminance of the fused RGB) instead of RGB.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def main(
+    engine_path: Path,
+    in_dir: Path,
+    out_dir: Path,
+    batch_size: int,
+    output_format: str,
+    workers: int,
+    threads: int | None,
+    provider: str,
+    overwrite: bool,
+    metrics: bool,
+    preview: bool,
+    gray: bool,
+    quiet: bool,
+) -> None:
+    """Fuse every CT/MRI pair under --in with an exported model and write the results to --out.
+
+    Reading, inference and writing overlap (worker threads, the engine, a writer thread). A pair
+    that cannot be fused is reported and skipped; the others complete. Every file is written under
+    a temporary name and renamed, so an interrupted run leaves no partial file and a re-run resumes.
+    """
+    options = RunOptions(
+        batch_size=batch_size,
+        output_format=output_format,  # type: ignore[arg-type]
+        workers=workers,
+        overwrite=overwrite,
+        metrics=metrics,
+        preview=preview,
+        gray=gray,
+        progress=not quiet,
+    )
+    try:
+        with open_engine(engine_path, provider=provider, threads=threads) as engine:
+            for notice in engine.notices:
+                click.echo(f"fuse-run: note: {notice}", err=True)
+            click.echo(f"fuse-run: {engine.description}", err=True)
+            report = run(engine, in_dir, out_dir, options)
+    except FuseError as error:
+        click.echo(f"fuse-run: error: {error}", err=True)
+        sys.exit(EXIT_USAGE)
+    except KeyboardInterrupt:
+        click.echo("fuse-run: interrupted; finished outputs are kept, re-run to resume", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    for notice in report.notices[len(engine.notices):]:
+        click.echo(f"fuse-run: note: {notice}", err=True)
+    for result in report.pairs:
+        if result.status == "failed":
+            click.echo(f"fuse-run: failed: {result.name}: {result.error}", err=True)
+    click.echo(report.summary_line())
+    click.echo(f"report: {out_dir / REPORT_NAME}")
+    if report.counts["failed"]:
+        sys.exit(EXIT_FAILED_PAIRS)
+
+
+if __name__ == "__main__":
+    main()

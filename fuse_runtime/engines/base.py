@@ -1,0 +1,156 @@
+"""The small interface every inference engine offers, and what all engines share.
+
+An engine turns model inputs into a fused image, nothing else: ``infer(ct [N,3,H,W], mri [N,1,H,W])
+-> fused [N,3,H,W]``, float32 in [0,1] in and out, with ``H == W == image_size`` and ``N`` inside
+``batch_range``. Preprocessing parameters travel with the model (manifest.json beside it, else the
+ONNX metadata) and are exposed as ``preprocess``; an engine never falls back to default settings.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fuse_runtime.errors import FuseError
+from fuse_runtime.manifest import (
+    INPUT_FIRST,
+    INPUT_SECOND,
+    MANIFEST_NAME,
+    META_IMAGE_SIZE,
+    META_MODALITIES,
+    META_PREPROCESS,
+    Manifest,
+    read_manifest,
+)
+from fuse_runtime.preprocess import PreprocessConfig
+
+UNBOUNDED_BATCH = 2**31 - 1
+"""Upper end of ``batch_range`` for a model whose batch axis is dynamic and unlimited."""
+
+REEXPORT_HINT = "re-export the model with fuse-export, which writes manifest.json and the ONNX metadata"
+
+
+class Engine(ABC):
+    """A loaded fusion model ready to run batches.
+
+    Attributes set by every implementation:
+        path: the model file.
+        image_size: model input height and width in pixels.
+        batch_range: ``(min, max)`` batch sizes one ``infer`` call accepts.
+        preprocess: the PreprocessConfig the model was trained and exported with.
+        modalities: the model's two inputs, e.g. ``("ct", "mri")`` or ``("vis", "ir")``.
+        provider: the backend actually in use (``"cpu"``, ``"cuda"``, ``"tensorrt"``).
+        notices: messages for the user (e.g. a requested provider was missing and what was used).
+    """
+
+    path: Path
+    image_size: int
+    batch_range: tuple[int, int]
+    preprocess: PreprocessConfig
+    modalities: tuple[str, str]
+    provider: str
+    notices: list[str]
+
+    @abstractmethod
+    def _run(self, ct: np.ndarray, mri: np.ndarray) -> np.ndarray:
+        """Run validated, contiguous float32 inputs; return ``[N,3,H,W]`` float32."""
+
+    @property
+    @abstractmethod
+    def description(self) -> str:
+        """One line naming the model file, backend, input size and batch range."""
+
+    def infer(self, ct: np.ndarray, mri: np.ndarray) -> np.ndarray:
+        """Fuse a batch: ``ct`` float32 ``[N,3,H,W]`` and ``mri`` float32 ``[N,1,H,W]`` in [0,1].
+
+        Returns float32 ``[N,3,H,W]`` in [0,1]. Raises FuseError naming the engine file when the
+        shapes, the batch size or the image size do not fit this engine.
+        """
+        ct, mri = self.check_inputs(ct, mri)
+        return self._run(ct, mri)
+
+    def check_inputs(self, ct: np.ndarray, mri: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Validate shapes against the engine; return both as C-contiguous float32."""
+        size = self.image_size
+        for name, array, channels in ((INPUT_FIRST, ct, 3), (INPUT_SECOND, mri, 1)):
+            if array.ndim != 4 or array.shape[1] != channels:
+                raise FuseError(
+                    f"input {name!r} must be [N,{channels},H,W], got shape {tuple(array.shape)}", self.path
+                )
+            if array.shape[2:] != (size, size):
+                raise FuseError(
+                    f"this engine takes {size}x{size} images but input {name!r} is "
+                    f"{array.shape[2]}x{array.shape[3]}; preprocess with the engine's own settings "
+                    f"(image_size={size}) or export a model for the other size",
+                    self.path,
+                )
+        if ct.shape[0] != mri.shape[0]:
+            raise FuseError(f"batch sizes differ: ct has {ct.shape[0]}, mri has {mri.shape[0]}", self.path)
+        low, high = self.batch_range
+        if not low <= ct.shape[0] <= high:
+            raise FuseError(
+                f"batch of {ct.shape[0]} is outside the engine's range {low}..{high}; "
+                "use a batch size inside it (fuse-run --batch-size) or rebuild the engine with a wider profile",
+                self.path,
+            )
+        return (
+            np.ascontiguousarray(ct, dtype=np.float32),
+            np.ascontiguousarray(mri, dtype=np.float32),
+        )
+
+    def close(self) -> None:
+        """Release the backend's resources (device memory, sessions)."""
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def find_manifest(model_path: Path) -> Manifest | None:
+    """The manifest.json beside ``model_path``, or None when there is none."""
+    candidate = model_path.parent / MANIFEST_NAME
+    return read_manifest(candidate) if candidate.is_file() else None
+
+
+def preprocess_from_metadata(model_path: Path, metadata: dict[str, str]) -> tuple[PreprocessConfig, int]:
+    """Preprocessing and image size from ONNX ``metadata_props`` (``fuse.preprocess``, ``fuse.image_size``)."""
+    if META_PREPROCESS not in metadata:
+        raise FuseError(
+            f"the model carries no preprocessing settings (no {MANIFEST_NAME} beside it and no "
+            f"{META_PREPROCESS!r} ONNX metadata), so it cannot be served faithfully; {REEXPORT_HINT}",
+            model_path,
+        )
+    try:
+        config = PreprocessConfig.from_dict(json.loads(metadata[META_PREPROCESS]))
+        size = int(metadata.get(META_IMAGE_SIZE, config.image_size))
+    except (ValueError, TypeError, json.JSONDecodeError) as error:
+        raise FuseError(f"the model's {META_PREPROCESS!r} metadata is invalid ({error}); {REEXPORT_HINT}", model_path) from None
+    return config, size
+
+
+def check_image_size(model_path: Path, declared: int, config: PreprocessConfig, static_hw: Any) -> int:
+    """Make sure the declared size, the preprocessing size and the graph's static H,W agree."""
+    sizes = {declared, config.image_size}
+    if isinstance(static_hw, tuple) and all(isinstance(v, int) for v in static_hw):
+        sizes |= set(static_hw)
+    if len(sizes) != 1:
+        raise FuseError(
+            f"the model's image sizes disagree (manifest/metadata {declared}, preprocessing "
+            f"{config.image_size}, graph {static_hw}); {REEXPORT_HINT}",
+            model_path,
+        )
+    return declared
+
+
+def modalities_from_metadata(model_path: Path, metadata: dict[str, str]) -> tuple[str, str]:
+    """``fuse.modalities`` (``"ct,mri"``) as a pair; a model without it is a CT–MRI model."""
+    names = tuple(name.strip().lower() for name in metadata.get(META_MODALITIES, "ct,mri").split(","))
+    if len(names) != 2 or not all(names):
+        raise FuseError(f"the model's {META_MODALITIES!r} metadata {names} is not two names; {REEXPORT_HINT}", model_path)
+    return names  # type: ignore[return-value]

@@ -1,0 +1,467 @@
+"""The batch pipeline behind fuse-run: read → preprocess → infer → restore → write, overlapped.
+
+Three stages joined by bounded queues, so memory stays bounded and the engine is not left waiting
+for the disk:
+
+1. ``workers`` reader threads: ``load_pair`` then ``prepare_pair`` with the ENGINE's
+   PreprocessConfig → a prepared pair (``[S,3,size,size]`` + ``[S,1,size,size]``) on ``ready``.
+2. The calling thread feeds the engine: slices from one or more pairs are packed into batches of
+   ``batch_size`` (a batch may span studies); a pair whose slices are all fused goes on ``done``.
+3. One writer thread: ``restore_geometry`` back to the CT's grid, 8-bit, write through
+   ``atomic_path`` (metrics and preview when asked), record the result.
+
+A failing pair (unreadable, unregistered, NaN, constant, write error) is recorded with its error
+and the rest goes on. Output paths come from the pair's name (relative path of its inputs) with
+unsafe characters replaced, never from DICOM tag text. An existing output is skipped unless
+``overwrite``, so a re-run after a crash resumes; leftovers of an interrupted run (hidden
+``.partial`` files) are removed at the start.
+"""
+
+from __future__ import annotations
+
+import queue
+import re
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from tqdm import tqdm
+
+from fuse_runtime import writers
+from fuse_runtime.engines.base import Engine
+from fuse_runtime.errors import FuseError
+from fuse_runtime.pairing import Pair, PairProblem, find_pairs, load_pair
+from fuse_runtime.preprocess import PreparedPair, normalise_scan, prepare_pair, restore_geometry
+from fuse_runtime.report import PairResult, RunReport, write_report
+from fuse_runtime.scan import Scan
+
+OutputFormat = Literal["auto", "png", "nifti", "dicom"]
+FORMATS: tuple[str, ...] = ("auto", "png", "nifti", "dicom")
+#: ``auto`` writes the kind of file that was read.
+AUTO_FORMAT = {"image": "png", "dicom-file": "dicom", "dicom-series": "dicom", "nifti": "nifti"}
+#: Pair kinds whose result is one 2-D image (one file); the others are volumes (a folder or one NIfTI).
+FLAT_KINDS = ("image", "dicom-file")
+PREVIEW_DIR = "preview"
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_POLL_SECONDS = 0.1
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Settings of one fuse-run.
+
+    batch_size: slices per engine call (clamped to the engine's batch range).
+    output_format: ``auto`` (same kind as the input), ``png``, ``nifti`` or ``dicom``.
+    workers: reader/preprocessing threads.
+    queue_pairs: prepared pairs allowed to wait for the engine (bounds memory), and as many
+        fused pairs waiting for the writer.
+    overwrite: replace existing outputs instead of skipping them.
+    metrics: add fusion metrics (fuse_runtime.metrics) per pair to the report.
+    preview: write CT | MRI | fused PNGs under ``OUT/preview/``.
+    gray: write 8-bit luminance instead of RGB.
+    progress: show a tqdm bar over slices.
+    """
+
+    batch_size: int = 8
+    output_format: OutputFormat = "auto"
+    workers: int = 2
+    queue_pairs: int = 4
+    overwrite: bool = False
+    metrics: bool = False
+    preview: bool = False
+    gray: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "workers", "queue_pairs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.output_format not in FORMATS:
+            raise ValueError(f"output_format must be one of {FORMATS}, got {self.output_format!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+
+@dataclass
+class Job:
+    """One pair to fuse and where its result goes."""
+
+    index: int
+    pair: Pair
+    output: Path
+    output_format: str
+    single_file: bool
+    preview: Path | None
+    result: PairResult
+    started: float = 0.0
+
+
+@dataclass(eq=False)
+class _Prepared:
+    """A pair read and preprocessed, waiting for (or receiving) its fused slices."""
+
+    job: Job
+    ct: Scan
+    prepared: PreparedPair
+    native: tuple[np.ndarray, np.ndarray] | None
+    fused: np.ndarray
+    remaining: int
+
+
+@dataclass
+class _Failed:
+    job: Job
+    error: str
+
+
+def run(engine: Engine, in_dir: str | Path, out_dir: str | Path, options: RunOptions = RunOptions()) -> RunReport:
+    """Fuse every pair under ``in_dir`` into ``out_dir`` and write ``out_dir/report.json``.
+
+    Raises FuseError before any work when ``in_dir`` holds nothing recognisable or ``out_dir``
+    cannot be written; everything that goes wrong with one pair is recorded in the report instead.
+    """
+    in_dir, out_dir = Path(in_dir), Path(out_dir)
+    check_folders(in_dir, out_dir)
+    task = "-".join(engine.modalities)
+    pairing = find_pairs(in_dir, task=task)
+    ensure_writable(out_dir)
+    report = RunReport(
+        engine=engine.description,
+        provider=engine.provider,
+        settings={"in": str(in_dir), "out": str(out_dir), "task": task, **options.to_dict()},
+        notices=list(engine.notices),
+    )
+    leftovers = writers.remove_partials(out_dir)
+    if leftovers:
+        report.notices.append(f"removed {len(leftovers)} partial file(s) left by an interrupted run")
+    batch_size = _fit_batch(engine, options.batch_size, report.notices)
+    jobs = plan_jobs(pairing.pairs, in_dir, out_dir, options)
+    results = [job.result for job in jobs] + [_problem_result(p) for p in pairing.problems]
+    todo = []
+    for job in jobs:
+        if job.output.exists() and not options.overwrite:
+            job.result.status = "skipped"
+            job.result.error = "output exists; pass --overwrite to replace it"
+        else:
+            todo.append(job)
+    started = time.perf_counter()
+    _Runner(engine, todo, options, batch_size, started).run()
+    report.wall_seconds = time.perf_counter() - started
+    report.pairs = sorted(results, key=lambda r: r.name)
+    write_report(out_dir, report)
+    return report
+
+
+def plan_jobs(pairs: list[Pair], in_dir: Path, out_dir: Path, options: RunOptions) -> list[Job]:
+    """Decide each pair's output path: ``OUT/<sanitised pair name>`` plus the format's suffix.
+
+    Flat pairs (2-D images, single DICOM files) give one file (``.png``, ``.dcm``, ``.nii.gz``);
+    volumes give a folder of slices (PNG, DICOM) or one ``.nii.gz``. Names that collide after
+    sanitising get ``-2``, ``-3``... in input order.
+    """
+    used: set[str] = set()
+    jobs = []
+    for index, pair in enumerate(pairs):
+        base = _unique(safe_relative_name(pair.name), used)
+        fmt = AUTO_FORMAT[pair.kind] if options.output_format == "auto" else options.output_format
+        flat = pair.kind in FLAT_KINDS
+        if fmt == "nifti":
+            output, single = out_dir / f"{base}.nii.gz", True
+        elif flat:
+            output, single = out_dir / f"{base}.{'png' if fmt == 'png' else 'dcm'}", True
+        else:
+            output, single = out_dir / base, False
+        preview = out_dir / PREVIEW_DIR / f"{base}.png" if options.preview else None
+        result = PairResult(name=pair.name, inputs=[str(pair.first), str(pair.second)])
+        jobs.append(Job(index, pair, output, fmt, single, preview, result))
+    return jobs
+
+
+def safe_relative_name(name: str) -> str:
+    """A pair name as a safe relative path: ``[A-Za-z0-9._-]`` per component, no hidden or ``..`` parts.
+
+    A leading ``preview/`` is moved aside (``_preview/``) because ``OUT/preview/`` holds the previews.
+    """
+    parts = []
+    for part in name.replace("\\", "/").split("/"):
+        clean = _UNSAFE.sub("_", part).lstrip(".")
+        if clean:
+            parts.append(clean)
+    if not parts:
+        parts = ["pair"]
+    if parts[0] == PREVIEW_DIR and len(parts) > 1:
+        parts[0] = f"_{PREVIEW_DIR}"
+    return "/".join(parts)
+
+
+def check_folders(in_dir: Path, out_dir: Path) -> None:
+    """Refuse a missing input folder and an output folder inside (or equal to) the input folder."""
+    if not in_dir.is_dir():
+        raise FuseError("input folder not found; pass the folder holding the scans with --in", in_dir)
+    resolved_in, resolved_out = in_dir.resolve(), out_dir.resolve()
+    if resolved_out == resolved_in or resolved_in in resolved_out.parents:
+        raise FuseError(
+            f"the output folder is inside the input folder {in_dir}; results would be read back as inputs "
+            "next time. Choose an --out outside --in",
+            out_dir,
+        )
+
+
+def ensure_writable(out_dir: Path) -> None:
+    """Create ``out_dir`` and prove a file can be written in it, or raise FuseError saying so."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out_dir, prefix=".write-test.partial"):
+            pass
+    except OSError as error:
+        raise FuseError(
+            f"the output folder cannot be written ({error.strerror}); choose another --out or fix its permissions",
+            out_dir,
+        ) from None
+
+
+class _Runner:
+    """Owns the threads and queues of one run (see the module docstring)."""
+
+    def __init__(self, engine: Engine, jobs: list[Job], options: RunOptions, batch_size: int, started: float) -> None:
+        self.engine = engine
+        self.jobs = jobs
+        self.options = options
+        self.batch_size = batch_size
+        self.started = started
+        self.todo: queue.Queue[Job] = queue.Queue()
+        self.ready: queue.Queue[_Prepared | _Failed | None] = queue.Queue(maxsize=options.queue_pairs)
+        self.done: queue.Queue[_Prepared | _Failed | None] = queue.Queue(maxsize=options.queue_pairs)
+        self.stop = threading.Event()
+        self.pairs_done = 0
+        self.bar = tqdm(
+            total=0, unit="slice", desc="fusing", disable=not options.progress, dynamic_ncols=True, leave=True
+        )
+
+    def run(self) -> None:
+        for job in self.jobs:
+            self.todo.put(job)
+        workers = min(self.options.workers, max(1, len(self.jobs)))
+        readers = [threading.Thread(target=self._read, name=f"fuse-read-{i}", daemon=True) for i in range(workers)]
+        writer = threading.Thread(target=self._write, name="fuse-write", daemon=True)
+        for thread in (*readers, writer):
+            thread.start()
+        try:
+            self._infer(readers_left=workers)
+        except BaseException:
+            self.stop.set()  # readers and writer give up waiting on the queues
+            raise
+        finally:
+            self._put(self.done, None)
+            writer.join()
+            self.stop.set()
+            for thread in readers:
+                thread.join()
+            self.bar.close()
+
+    # --- stage 1: read and preprocess ---------------------------------------------------------
+
+    def _read(self) -> None:
+        while not self.stop.is_set():
+            try:
+                job = self.todo.get_nowait()
+            except queue.Empty:
+                break
+            job.started = time.perf_counter()
+            self._put(self.ready, self._prepare(job))
+        self._put(self.ready, None)
+
+    def _prepare(self, job: Job) -> _Prepared | _Failed:
+        try:
+            ct, mri = load_pair(job.pair)
+            config = self.engine.preprocess
+            prepared = prepare_pair(ct, mri, job.pair.roles, config)
+            native = None
+            if self.options.metrics or self.options.preview:
+                native = (normalise_scan(ct, job.pair.roles[0], config), normalise_scan(mri, job.pair.roles[1], config))
+        except FuseError as error:
+            return _Failed(job, str(error))
+        except Exception as error:  # one bad pair must not stop the others
+            return _Failed(
+                job, f"cannot read or preprocess {job.pair.first} + {job.pair.second}: {type(error).__name__}: {error}"
+            )
+        slices = prepared.first.shape[0]
+        size = prepared.first.shape[-1]
+        fused = np.empty((slices, 3, size, size), dtype=np.float32)
+        return _Prepared(job, ct, prepared, native, fused, slices)
+
+    # --- stage 2: batch slices across pairs through the engine ------------------------------------
+
+    def _infer(self, readers_left: int) -> None:
+        pending: list[tuple[_Prepared, int]] = []
+        while readers_left or pending:
+            if readers_left and len(pending) < self.batch_size:
+                item = self.ready.get()
+                if item is None:
+                    readers_left -= 1
+                elif isinstance(item, _Failed):
+                    self._put(self.done, item)
+                else:
+                    self.bar.total += item.remaining
+                    self.bar.refresh()
+                    pending.extend((item, s) for s in range(item.remaining))
+                continue
+            batch, pending = pending[: self.batch_size], pending[self.batch_size :]
+            self._run_batch(batch)
+
+    def _run_batch(self, batch: list[tuple[_Prepared, int]]) -> None:
+        ct = np.stack([item.prepared.first[s] for item, s in batch])
+        mri = np.stack([item.prepared.second[s] for item, s in batch])
+        low = self.engine.batch_range[0]
+        if len(batch) < low:  # a fixed-batch engine: pad with blank slices, drop their results
+            ct = np.concatenate([ct, np.zeros((low - len(batch), *ct.shape[1:]), np.float32)])
+            mri = np.concatenate([mri, np.zeros((low - len(batch), *mri.shape[1:]), np.float32)])
+        items = list(dict.fromkeys(item for item, _ in batch))
+        try:
+            fused = self.engine.infer(ct, mri)
+        except FuseError as error:
+            self._fail_all(items, str(error))
+            return
+        except Exception as error:  # a backend failure must not stop the other pairs
+            self._fail_all(items, f"the engine failed on this batch: {type(error).__name__}: {error}")
+            return
+        for (item, s), out in zip(batch, fused):
+            if item.remaining <= 0:
+                continue  # the pair already failed in an earlier batch
+            item.fused[s] = out
+            item.remaining -= 1
+            if item.remaining == 0:
+                self._put(self.done, item)
+        self.bar.update(len(batch))
+        elapsed = time.perf_counter() - self.started
+        self.bar.set_postfix_str(f"{self.pairs_done / elapsed:.2f} pairs/s" if elapsed > 0 else "", refresh=False)
+
+    def _fail_all(self, items: list[_Prepared], error: str) -> None:
+        for item in items:
+            if item.remaining > 0:
+                item.remaining = 0
+                self._put(self.done, _Failed(item.job, error))
+
+    # --- stage 3: restore, write, measure ------------------------------------------------------
+
+    def _write(self) -> None:
+        while True:
+            try:
+                item = self.done.get(timeout=_POLL_SECONDS)
+            except queue.Empty:
+                if self.stop.is_set():
+                    return
+                continue
+            if item is None:
+                return
+            result = item.job.result
+            if isinstance(item, _Failed):
+                result.status, result.error = "failed", item.error
+            else:
+                try:
+                    self._finish(item)
+                    result.status = "ok"
+                except FuseError as error:
+                    result.status, result.error = "failed", str(error)
+                except Exception as error:  # one bad pair must not stop the others
+                    result.status = "failed"
+                    result.error = f"cannot write {item.job.output}: {type(error).__name__}: {error}"
+                result.slices = item.prepared.first.shape[0]
+            result.seconds = round(time.perf_counter() - item.job.started, 4)
+            self.pairs_done += 1
+
+    def _finish(self, item: _Prepared) -> None:
+        job, options = item.job, self.options
+        restored = restore_geometry(item.fused, item.prepared.restore)
+        images = writers.to_display(restored, gray=options.gray)
+        _write_output(job, images, item.ct, self.engine.description)
+        job.result.outputs = [str(job.output)]
+        if item.native is not None:
+            ct_native, mri_native = item.native
+            if options.preview and job.preview is not None:
+                middle = len(images) // 2
+                writers.write_preview(job.preview, ct_native[middle], mri_native[middle], images[middle])
+                job.result.outputs.append(str(job.preview))
+            if options.metrics:
+                job.result.metrics = pair_metrics(ct_native, mri_native, images)
+
+    def _put(self, target: queue.Queue, item: Any) -> None:
+        """``put`` that gives up when the run is stopping (so no thread blocks forever)."""
+        while True:
+            try:
+                target.put(item, timeout=_POLL_SECONDS)
+                return
+            except queue.Full:
+                if self.stop.is_set():
+                    return
+
+
+def pair_metrics(ct: np.ndarray, mri: np.ndarray, fused: np.ndarray) -> dict[str, float]:
+    """Fusion metrics averaged over slices, on 8-bit values.
+
+    ``ct``, ``mri``: normalised inputs ``[S,H,W]`` in [0,1] (what the model was given, at the native
+    size); ``fused``: the written 8-bit result ``[S,H,W,3]`` or ``[S,H,W]`` (luminance taken by the
+    metrics module). Slices where a metric is undefined are left out of its mean.
+    """
+    from fuse_runtime import metrics
+
+    per_slice = [
+        metrics.evaluate(metrics.to_8bit(a), metrics.to_8bit(b), f.astype(np.float64))
+        for a, b, f in zip(ct, mri, fused)
+    ]
+    names = per_slice[0].keys()
+    return {name: _finite_mean([values[name] for values in per_slice]) for name in names}
+
+
+def _write_output(job: Job, images: np.ndarray, ct: Scan, engine_description: str) -> None:
+    fmt = job.output_format
+    flat_one = job.single_file and fmt != "nifti"
+    if flat_one and len(images) != 1:
+        raise FuseError(
+            f"the input holds {len(images)} frames but its result was planned as one image; "
+            "use --format nifti for multi-frame files",
+            job.pair.first,
+        )
+    if fmt == "png":
+        (writers.write_png(job.output, images[0]) if flat_one else writers.write_png_slices(job.output, images))
+    elif fmt == "nifti":
+        writers.write_nifti(job.output, images, ct)
+    else:
+        description = f"Fusion of CT {job.pair.first.name} and MRI {job.pair.second.name} by {engine_description}"
+        writers.write_dicom_series(job.output, images, ct, description, single_file=flat_one)
+
+
+def _fit_batch(engine: Engine, requested: int, notices: list[str]) -> int:
+    low, high = engine.batch_range
+    fitted = min(max(requested, low), high)
+    if fitted != requested:
+        notices.append(f"batch size {requested} is outside the engine's range {low}..{high}; using {fitted}")
+    return fitted
+
+
+def _problem_result(problem: PairProblem) -> PairResult:
+    return PairResult(
+        name=problem.name, inputs=[str(p) for p in problem.paths], status="failed", error=problem.reason
+    )
+
+
+def _unique(base: str, used: set[str]) -> str:
+    candidate, counter = base, 2
+    while candidate.lower() in used:
+        candidate, counter = f"{base}-{counter}", counter + 1
+    used.add(candidate.lower())
+    return candidate
+
+
+def _finite_mean(values: list[float]) -> float | None:
+    finite = [v for v in values if v is not None and np.isfinite(v)]
+    return float(np.mean(finite)) if finite else None
+
+
+__all__ = ["FORMATS", "Job", "RunOptions", "check_folders", "ensure_writable", "pair_metrics", "plan_jobs", "run",
+           "safe_relative_name"]

@@ -1,0 +1,95 @@
+"""``OUT/report.json``: what fuse-run did with every pair, and the totals.
+
+Per pair: the input files, the outputs written, the status (``ok``, ``skipped`` because the outputs
+already exist, ``failed``), the error when it failed, slices fused, seconds from the start of its
+reading to the end of its writing, and the fusion metrics when asked for. Totals: pairs by status,
+slices, wall time in seconds and the throughput in pairs/s and slices/s.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from fuse_runtime.atomic import write_json_atomic
+
+Status = Literal["ok", "skipped", "failed"]
+REPORT_NAME = "report.json"
+
+
+@dataclass
+class PairResult:
+    """The outcome for one pair (or one unpairable input, reported as failed)."""
+
+    name: str
+    inputs: list[str]
+    outputs: list[str] = field(default_factory=list)
+    status: Status = "ok"
+    error: str | None = None
+    slices: int = 0
+    seconds: float = 0.0
+    metrics: dict[str, float] | None = None
+
+
+@dataclass
+class RunReport:
+    """The whole run: engine, settings, per-pair results and totals."""
+
+    engine: str
+    provider: str
+    settings: dict[str, Any]
+    pairs: list[PairResult] = field(default_factory=list)
+    wall_seconds: float = 0.0
+    notices: list[str] = field(default_factory=list)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        counts = {"ok": 0, "skipped": 0, "failed": 0}
+        for result in self.pairs:
+            counts[result.status] += 1
+        return counts
+
+    @property
+    def fused_slices(self) -> int:
+        return sum(r.slices for r in self.pairs if r.status == "ok")
+
+    def totals(self) -> dict[str, Any]:
+        counts = self.counts
+        wall = self.wall_seconds
+        return {
+            "pairs": len(self.pairs),
+            "ok": counts["ok"],
+            "skipped": counts["skipped"],
+            "failures": counts["failed"],
+            "slices": self.fused_slices,
+            "wall_seconds": round(wall, 4),
+            "pairs_per_second": round(counts["ok"] / wall, 4) if wall > 0 else 0.0,
+            "slices_per_second": round(self.fused_slices / wall, 4) if wall > 0 else 0.0,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "engine": self.engine,
+            "provider": self.provider,
+            "settings": self.settings,
+            "notices": self.notices,
+            "totals": self.totals(),
+            "pairs": [asdict(result) for result in self.pairs],
+        }
+
+    def summary_line(self) -> str:
+        """One line for the end of a run: counts, throughput, where the report is."""
+        totals = self.totals()
+        return (
+            f"fused {totals['ok']} pair(s), {totals['slices']} slice(s) in {totals['wall_seconds']:.2f} s "
+            f"({totals['pairs_per_second']:.2f} pairs/s, {totals['slices_per_second']:.1f} slices/s); "
+            f"{totals['skipped']} skipped, {totals['failures']} failed"
+        )
+
+
+def write_report(out_dir: str | Path, report: RunReport) -> Path:
+    """Write ``out_dir/report.json`` atomically and return its path."""
+    path = Path(out_dir) / REPORT_NAME
+    write_json_atomic(path, report.to_dict())
+    return path

@@ -1,0 +1,355 @@
+"""Write fused images: 8-bit PNG, NIfTI on the CT's grid, DICOM Secondary Capture series, previews.
+
+Every writer takes the fused result already restored to the CT's geometry and quantised to 8 bits
+(``to_display``): ``[S,H,W,3]`` uint8 RGB, or ``[S,H,W]`` uint8 gray (BT.601 luminance), in the
+CT's slice order. Every file goes through ``fuse_runtime.atomic.atomic_path``; a result made of
+several files (a DICOM series, a volume as PNG slices) is assembled in a hidden staging folder and
+renamed into place as a whole, so an interrupted run leaves no partial result under its final name.
+
+Formats:
+
+* PNG: one 8-bit RGB (or gray) file per slice. A volume becomes a folder ``slice_NNNNN.png``.
+* NIfTI: uint8, written with ``fuse_runtime.io.nifti.write_like`` when the CT is NIfTI, so the file
+  has the CT's voxel layout, header, qform and sform and overlays it in any viewer. RGB is stored as a
+  trailing axis of length 3 (``[X,Y,Z,3]``: R, G, B volumes; ITK-SNAP shows it as colour, FSLeyes as
+  an RGB vector); ``--gray`` gives a plain ``[X,Y,Z]`` volume. A CT read from DICOM or an image gets a
+  NIfTI-1 file built from its LPS affine (voxel order column, row, slice).
+* DICOM: a Secondary Capture series (one file per slice, ``IM_NNNNN.dcm``): new Series and SOP
+  Instance UIDs, patient and study tags copied from a DICOM CT (else a new study), ImageType
+  ``DERIVED\\SECONDARY``, a DerivationDescription, the CT slice each image derives from, and the
+  CT's plane geometry (position, orientation, spacing) so the series stacks like the source.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import cv2
+import nibabel as nib
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence as DicomSequence
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+from fuse_runtime.atomic import atomic_path
+from fuse_runtime.errors import FuseError
+from fuse_runtime.io.nifti import RAS_TO_LPS, write_like
+from fuse_runtime.metrics import BT601_WEIGHTS
+from fuse_runtime.scan import Scan
+
+#: Marker in the names of temporary files and staging folders (see ``atomic_path``).
+PARTIAL_MARKER = ".partial"
+PNG_SLICE_NAME = "slice_{index:05d}.png"
+DICOM_SLICE_NAME = "IM_{index:05d}.dcm"
+#: DICOM tags copied from the CT onto the fused series (patient, study, frame of reference).
+COPIED_DICOM_TAGS = (
+    "PatientID",
+    "PatientName",
+    "PatientBirthDate",
+    "PatientSex",
+    "PatientAge",
+    "StudyInstanceUID",
+    "StudyID",
+    "StudyDate",
+    "StudyTime",
+    "StudyDescription",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+    "FrameOfReferenceUID",
+    "PositionReferenceIndicator",
+    "BodyPartExamined",
+    "PatientPosition",
+)
+FUSED_SERIES_DESCRIPTION = "Fused CT+MRI (fuse)"
+FUSED_SERIES_NUMBER = 9001
+
+
+def to_display(fused: np.ndarray, gray: bool = False) -> np.ndarray:
+    """Quantise fused ``[S,3,H,W]`` float in [0,1] to 8 bits.
+
+    Returns uint8 ``[S,H,W,3]`` RGB, or ``[S,H,W]`` BT.601 luminance when ``gray``; values are
+    ``round(x * 255)`` clipped to [0, 255].
+    """
+    if fused.ndim != 4 or fused.shape[1] != 3:
+        raise ValueError(f"expected fused [S,3,H,W], got {fused.shape}")
+    rgb = np.moveaxis(fused, 1, -1).astype(np.float32, copy=False)
+    if gray:
+        rgb = rgb @ np.asarray(BT601_WEIGHTS, dtype=np.float32)
+    return np.clip(np.rint(rgb * 255.0), 0, 255).astype(np.uint8)
+
+
+def write_png(path: str | Path, image: np.ndarray) -> Path:
+    """Write one 8-bit image: ``[H,W,3]`` RGB or ``[H,W]`` gray uint8."""
+    path = Path(path)
+    if image.dtype != np.uint8 or image.ndim not in (2, 3):
+        raise ValueError(f"write_png needs uint8 [H,W] or [H,W,3], got {image.dtype} {image.shape}")
+    pixels = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
+    with atomic_path(path) as tmp:
+        if not cv2.imwrite(str(tmp), pixels):
+            raise FuseError("OpenCV could not write the PNG; check the disk space and permissions", path)
+    return path
+
+
+def write_png_slices(folder: str | Path, images: np.ndarray) -> Path:
+    """Write ``[S,H,W(,3)]`` uint8 as ``folder/slice_NNNNN.png`` (1-based), the folder as a whole."""
+    with atomic_dir(folder) as staging:
+        for index, image in enumerate(images, start=1):
+            write_png(staging / PNG_SLICE_NAME.format(index=index), image)
+    return Path(folder)
+
+
+def write_nifti(path: str | Path, images: np.ndarray, ct: Scan) -> Path:
+    """Write ``[S,H,W]`` or ``[S,H,W,3]`` uint8 (CT's slice layout) as a NIfTI on the CT's grid."""
+    path = Path(path)
+    if images.shape[:3] != ct.slices().shape:
+        raise ValueError(f"images {images.shape} do not match the CT's [S,H,W] {ct.slices().shape}")
+    if ct.source_format == "nifti":
+        return write_like(ct, images, path)
+    affine = _nifti_affine(ct)
+    # (slice, row, col) → NIfTI voxel order (col, row, slice), channels kept last.
+    data = np.ascontiguousarray(np.swapaxes(images, 0, 2))
+    image = nib.Nifti1Image(data, affine)
+    image.header.set_xyzt_units("mm")
+    with atomic_path(path) as tmp:
+        nib.save(image, tmp)
+    return path
+
+
+def write_dicom_series(
+    target: str | Path, images: np.ndarray, ct: Scan, description: str, single_file: bool = False
+) -> Path:
+    """Write ``[S,H,W(,3)]`` uint8 as a DICOM Secondary Capture series derived from ``ct``.
+
+    ``target`` is a folder receiving ``IM_NNNNN.dcm`` (written as a whole), or with ``single_file``
+    the one ``.dcm`` file of a one-slice result. ``description`` becomes the DerivationDescription.
+    """
+    target = Path(target)
+    tags = _ct_tags(ct)
+    series_uid = generate_uid()
+    study_uid = tags.get("StudyInstanceUID") or generate_uid()
+    frame_uid = tags.get("FrameOfReferenceUID") or generate_uid()
+    geometry = _plane_geometry(ct)
+    slices_meta: list[dict[str, Any]] = ct.metadata.get("slices") or [{}] * len(images)
+    now = datetime.now()
+    datasets = [
+        _secondary_capture(
+            image,
+            tags,
+            index=index,
+            series_uid=series_uid,
+            study_uid=study_uid,
+            frame_uid=frame_uid,
+            geometry=geometry[index] if geometry else None,
+            source=slices_meta[index] if index < len(slices_meta) else {},
+            source_class=tags.get("SOPClassUID"),
+            description=description,
+            now=now,
+        )
+        for index, image in enumerate(images)
+    ]
+    if single_file:
+        if len(datasets) != 1:
+            raise FuseError(
+                f"the result has {len(datasets)} slices but a single DICOM file was asked for; "
+                "write it with --format nifti or dicom to a folder",
+                target,
+            )
+        _save_dicom(target, datasets[0])
+        return target
+    with atomic_dir(target) as staging:
+        for index, dataset in enumerate(datasets, start=1):
+            _save_dicom(staging / DICOM_SLICE_NAME.format(index=index), dataset)
+    return target
+
+
+def write_preview(path: str | Path, ct: np.ndarray, mri: np.ndarray, fused: np.ndarray) -> Path:
+    """Side-by-side CT | MRI | fused PNG: ``ct``, ``mri`` float [H,W] in [0,1]; ``fused`` uint8 [H,W,3] or [H,W]."""
+    gray = [np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8) for image in (ct, mri)]
+    panels = [np.repeat(image[..., None], 3, axis=2) for image in gray]
+    panels.append(fused if fused.ndim == 3 else np.repeat(fused[..., None], 3, axis=2))
+    return write_png(path, np.concatenate(panels, axis=1))
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield a hidden staging folder beside ``path``; on success it replaces ``path`` as a whole.
+
+    An existing ``path`` is swapped out and removed only after the new folder is in place; on
+    failure the staging folder is removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=f"{PARTIAL_MARKER}-dir", dir=path.parent))
+    try:
+        yield staging
+        old = None
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=f"{PARTIAL_MARKER}-old", dir=path.parent))
+            os.replace(path, old / path.name)
+        os.replace(staging, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def remove_partials(root: str | Path) -> list[Path]:
+    """Delete temporary files and staging folders that an interrupted run left under ``root``.
+
+    Only hidden names carrying the ``.partial`` marker (what ``atomic_path`` and ``atomic_dir``
+    create) are touched. Returns what was removed.
+    """
+    root = Path(root)
+    removed: list[Path] = []
+    if not root.is_dir():
+        return removed
+    for folder, dirs, files in os.walk(root):
+        for name in list(dirs):
+            if _is_partial(name):
+                shutil.rmtree(Path(folder) / name, ignore_errors=True)
+                removed.append(Path(folder) / name)
+                dirs.remove(name)
+        for name in files:
+            if _is_partial(name):
+                (Path(folder) / name).unlink(missing_ok=True)
+                removed.append(Path(folder) / name)
+    return removed
+
+
+def _is_partial(name: str) -> bool:
+    return name.startswith(".") and PARTIAL_MARKER in name
+
+
+def _save_dicom(path: Path, dataset: Dataset) -> None:
+    with atomic_path(path) as tmp:
+        dataset.save_as(tmp, enforce_file_format=True)
+
+
+def _ct_tags(ct: Scan) -> dict[str, Any]:
+    tags = dict(ct.metadata.get("dicom") or {})
+    return tags if ct.source_format in ("dicom", "dicom-series") else {}
+
+
+def _secondary_capture(
+    image: np.ndarray,
+    tags: dict[str, Any],
+    *,
+    index: int,
+    series_uid: str,
+    study_uid: str,
+    frame_uid: str,
+    geometry: dict[str, list[float]] | None,
+    source: dict[str, Any],
+    source_class: str | None,
+    description: str,
+    now: datetime,
+) -> Dataset:
+    sop_uid = generate_uid()
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    for keyword in COPIED_DICOM_TAGS:
+        if keyword in tags and tags[keyword] not in (None, ""):
+            setattr(ds, keyword, tags[keyword])
+    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                    "StudyID", "AccessionNumber", "ReferringPhysicianName"):
+        if keyword not in ds:
+            setattr(ds, keyword, "")
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = sop_uid
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = series_uid
+    ds.FrameOfReferenceUID = frame_uid
+    ds.Modality = "OT"
+    ds.ConversionType = "WSD"
+    ds.ImageType = ["DERIVED", "SECONDARY"]
+    ds.DerivationDescription = description[:1024]
+    ds.SeriesDescription = FUSED_SERIES_DESCRIPTION
+    ds.SeriesNumber = FUSED_SERIES_NUMBER
+    ds.InstanceNumber = index + 1
+    ds.SeriesDate = ds.ContentDate = now.strftime("%Y%m%d")
+    ds.SeriesTime = ds.ContentTime = now.strftime("%H%M%S")
+    if source.get("SOPInstanceUID") and source_class:
+        reference = Dataset()
+        reference.ReferencedSOPClassUID = source_class
+        reference.ReferencedSOPInstanceUID = source["SOPInstanceUID"]
+        ds.SourceImageSequence = DicomSequence([reference])
+    if geometry is not None:
+        ds.ImagePositionPatient = [round(v, 6) for v in geometry["position"]]
+        ds.ImageOrientationPatient = [round(v, 8) for v in geometry["orientation"]]
+        ds.PixelSpacing = [round(v, 6) for v in geometry["spacing"]]
+        if geometry.get("thickness"):
+            ds.SliceThickness = round(geometry["thickness"], 6)
+    rows, columns = image.shape[:2]
+    ds.Rows, ds.Columns = rows, columns
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    if image.ndim == 3:
+        ds.SamplesPerPixel = 3
+        ds.PhotometricInterpretation = "RGB"
+        ds.PlanarConfiguration = 0
+    else:
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.PixelData = np.ascontiguousarray(image).tobytes()
+    return ds
+
+
+def _plane_geometry(ct: Scan) -> list[dict[str, list[float]]] | None:
+    """Per slice: ImagePositionPatient, ImageOrientationPatient, PixelSpacing (LPS mm), or None.
+
+    From the affine when the CT has one (series, NIfTI), else from a single DICOM file's own tags.
+    """
+    if ct.affine is not None:
+        affine = np.asarray(ct.affine, dtype=float)
+        rows_axis, cols_axis = affine[:3, 1], affine[:3, 2]
+        row_spacing, col_spacing = float(np.linalg.norm(rows_axis)), float(np.linalg.norm(cols_axis))
+        # ImageOrientationPatient: direction along a row (columns increase), then down a column.
+        orientation = [*(cols_axis / col_spacing), *(rows_axis / row_spacing)]
+        thickness = float(np.linalg.norm(affine[:3, 0]))
+        return [
+            {
+                "position": [float(v) for v in (affine @ np.array([s, 0.0, 0.0, 1.0]))[:3]],
+                "orientation": [float(v) for v in orientation],
+                "spacing": [row_spacing, col_spacing],
+                "thickness": thickness,
+            }
+            for s in range(ct.num_slices)
+        ]
+    tags = ct.metadata.get("dicom") or {}
+    if ct.source_format == "dicom" and ct.num_slices == 1 and "ImagePositionPatient" in tags:
+        return [
+            {
+                "position": [float(v) for v in tags["ImagePositionPatient"]],
+                "orientation": [float(v) for v in tags.get("ImageOrientationPatient", [1, 0, 0, 0, 1, 0])],
+                "spacing": [float(v) for v in tags.get("PixelSpacing", ct.spacing)],
+                "thickness": float(tags.get("SliceThickness") or 0.0),
+            }
+        ]
+    return None
+
+
+def _nifti_affine(ct: Scan) -> np.ndarray:
+    """RAS affine of NIfTI voxel ``(col, row, slice)`` from the CT's LPS affine of ``(slice, row, col)``."""
+    if ct.affine is not None:
+        lps = np.asarray(ct.affine, dtype=float)
+    else:
+        spacing: Sequence[float] = ct.spacing
+        row, col = float(spacing[-2]), float(spacing[-1])
+        step = float(spacing[0]) if len(spacing) == 3 else 1.0
+        lps = np.diag([1.0, 1.0, 1.0, 1.0])
+        lps[:3, :3] = [[0.0, 0.0, col], [0.0, row, 0.0], [step, 0.0, 0.0]]
+    permute = np.zeros((4, 4))
+    permute[0, 2] = permute[1, 1] = permute[2, 0] = permute[3, 3] = 1.0  # (col,row,slice) → (slice,row,col)
+    return RAS_TO_LPS @ lps @ permute
