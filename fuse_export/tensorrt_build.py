@@ -135,8 +135,16 @@ def run_engine(plan_path: str | Path, ct: np.ndarray, mri: np.ndarray) -> np.nda
         INPUT_FIRST: torch.from_numpy(np.ascontiguousarray(ct, np.float32)).cuda(),
         INPUT_SECOND: torch.from_numpy(np.ascontiguousarray(mri, np.float32)).cuda(),
     }
+    low, _, high = (shape[0] for shape in engine.get_tensor_profile_shape(INPUT_FIRST, 0))
+    if not low <= len(ct) <= high:
+        raise FuseError(
+            f"batch of {len(ct)} is outside the engine's optimisation profile {low}..{high}; "
+            "use a batch inside it or rebuild with a wider fuse-export --batch",
+            plan_path,
+        )
     for name, tensor in inputs.items():
-        context.set_input_shape(name, tuple(tensor.shape))
+        if not context.set_input_shape(name, tuple(tensor.shape)):
+            raise FuseError(f"the engine refuses input {name!r} of shape {tuple(tensor.shape)}", plan_path)
         context.set_tensor_address(name, tensor.data_ptr())
     dtype = torch.float16 if engine.get_tensor_dtype(OUTPUT) == trt.DataType.HALF else torch.float32
     fused = torch.empty(tuple(context.get_tensor_shape(OUTPUT)), dtype=dtype, device="cuda")
