@@ -136,7 +136,9 @@ def write_dicom_series(
     study_uid = tags.get("StudyInstanceUID") or generate_uid()
     frame_uid = tags.get("FrameOfReferenceUID") or generate_uid()
     geometry = _plane_geometry(ct)
-    slices_meta: list[dict[str, Any]] = ct.metadata.get("slices") or [{}] * len(images)
+    slices_meta: list[dict[str, Any]] = ct.metadata.get("slices") or (
+        [{"SOPInstanceUID": tags.get("SOPInstanceUID")}] if len(images) == 1 else [{}] * len(images)
+    )
     now = datetime.now()
     datasets = [
         _secondary_capture(

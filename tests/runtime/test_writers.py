@@ -1,0 +1,212 @@
+"""Writers: 8-bit conversion, PNG, NIfTI on the CT's grid, DICOM Secondary Capture, atomic folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+from nibabel.testing import data_path as nibabel_data
+from pydicom.data import get_testdata_file
+from pydicom.uid import SecondaryCaptureImageStorage
+
+from fuse_runtime import writers
+from fuse_runtime.io import read_scan
+from fuse_runtime.phantoms import write_phantoms
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_phantoms(tmp_path_factory.mktemp("phantoms"))
+
+
+def _fused(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    """Random uint8 ``[S,H,W,3]`` standing for a fused result."""
+    return np.random.default_rng(seed).integers(0, 256, size=(*shape, 3), dtype=np.uint8)
+
+
+def _no_partials(folder: Path) -> None:
+    assert not [p for p in folder.rglob("*") if writers.PARTIAL_MARKER in p.name]
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(0.0, 0), (1.0, 255), (0.5, 128), (0.499 / 255, 0), (0.501 / 255, 1), (-0.3, 0), (1.7, 255)],
+)
+def test_to_display_rounds_and_clips(value: float, expected: int) -> None:
+    fused = np.full((1, 3, 2, 2), value, np.float32)
+    assert (writers.to_display(fused) == expected).all()
+
+
+def test_to_display_keeps_rgb_order_and_gray_is_bt601() -> None:
+    fused = np.zeros((2, 3, 4, 5), np.float32)
+    fused[:, 0] = 1.0  # pure red
+    rgb = writers.to_display(fused)
+    assert rgb.shape == (2, 4, 5, 3) and rgb.dtype == np.uint8
+    assert (rgb[..., 0] == 255).all() and (rgb[..., 1:] == 0).all()
+    gray = writers.to_display(fused, gray=True)
+    assert gray.shape == (2, 4, 5) and (gray == round(0.299 * 255)).all()
+
+
+@pytest.mark.parametrize("shape", [(3, 4, 4), (1, 1, 4, 4), (1, 4, 3, 4)])
+def test_to_display_refuses_other_shapes(shape) -> None:
+    with pytest.raises(ValueError, match=r"\[S,3,H,W\]"):
+        writers.to_display(np.zeros(shape, np.float32))
+
+
+@pytest.mark.parametrize("gray", [False, True])
+def test_png_round_trip(tmp_path: Path, gray: bool) -> None:
+    image = _fused((1, 20, 30))[0]
+    image = image[..., 1] if gray else image
+    path = writers.write_png(tmp_path / "sub" / "x.png", image)
+    back = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    expected = image if gray else cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    np.testing.assert_array_equal(back, expected)
+    _no_partials(tmp_path)
+
+
+def test_png_slices_become_one_folder(tmp_path: Path) -> None:
+    images = _fused((3, 8, 8))
+    folder = writers.write_png_slices(tmp_path / "case", images)
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == ["slice_00001.png", "slice_00002.png", "slice_00003.png"]
+    back = cv2.cvtColor(cv2.imread(str(folder / names[2])), cv2.COLOR_BGR2RGB)
+    np.testing.assert_array_equal(back, images[2])
+    _no_partials(tmp_path)
+
+
+@pytest.mark.parametrize("name", ["anatomical.nii", "reoriented_anat_moved.nii", "standard.nii.gz"])
+@pytest.mark.parametrize("gray", [False, True])
+def test_nifti_keeps_the_source_grid(tmp_path: Path, name: str, gray: bool) -> None:
+    ct = read_scan(Path(nibabel_data) / name, modality="CT")
+    images = _fused(ct.slices().shape)
+    images = images[..., 0] if gray else images
+    path = writers.write_nifti(tmp_path / "fused.nii.gz", images, ct)
+    source, written = nib.load(ct.source), nib.load(path)
+    assert written.shape == source.shape[:3] + (() if gray else (3,))
+    assert written.get_data_dtype() == np.uint8
+    np.testing.assert_allclose(written.affine, source.affine)
+    np.testing.assert_allclose(written.header.get_zooms()[:3], source.header.get_zooms()[:3])
+    assert int(written.header["sform_code"]) == int(source.header["sform_code"])
+    assert type(written) is type(source)
+    back = read_scan(path).pixels if gray else None
+    if gray:
+        np.testing.assert_array_equal(back, images.astype(np.float32))
+
+
+def test_nifti_from_a_dicom_series_lands_on_the_same_grid(tmp_path: Path, phantoms: Path) -> None:
+    ct = read_scan(phantoms / "dicom" / "case01" / "CT")
+    images = _fused(ct.pixels.shape)
+    path = writers.write_nifti(tmp_path / "fused.nii.gz", images, ct)
+    reference = nib.load(phantoms / "nifti" / "case01" / "ct.nii.gz")  # the same grid, written as NIfTI
+    written = nib.load(path)
+    assert written.shape == reference.shape + (3,)
+    np.testing.assert_allclose(written.affine, reference.affine, atol=1e-4)
+    # voxel (column, row, slice, channel), as the phantom NIfTI stores the same grid
+    np.testing.assert_array_equal(np.asarray(written.dataobj)[:, :, 2], images[2].swapaxes(0, 1))
+
+
+def test_nifti_of_a_2d_image_uses_its_spacing(tmp_path: Path, harvard_test: Path) -> None:
+    ct = read_scan(harvard_test / "CT" / "11.png", modality="CT")
+    images = _fused(ct.slices().shape)[..., 0]
+    written = nib.load(writers.write_nifti(tmp_path / "x.nii.gz", images, ct))
+    assert written.shape == (256, 256, 1)
+    np.testing.assert_array_equal(np.asarray(written.dataobj)[:, :, 0], images[0].T)
+
+
+def _read_series(folder: Path) -> list[pydicom.Dataset]:
+    return [pydicom.dcmread(p) for p in sorted(folder.glob("*.dcm"))]
+
+
+@pytest.mark.parametrize("gray", [False, True])
+def test_dicom_series_is_a_secondary_capture_of_the_ct(tmp_path: Path, phantoms: Path, gray: bool) -> None:
+    ct = read_scan(phantoms / "dicom" / "case01" / "CT")
+    images = _fused(ct.pixels.shape)
+    images = images[..., 1] if gray else images
+    folder = writers.write_dicom_series(tmp_path / "case01", images, ct, "test fusion")
+    written = _read_series(folder)
+    sources = {ds.SOPInstanceUID: ds for ds in _read_series(phantoms / "dicom" / "case01" / "CT")}
+    assert len(written) == ct.num_slices
+    assert len({ds.SeriesInstanceUID for ds in written}) == 1
+    assert written[0].SeriesInstanceUID not in {ds.SeriesInstanceUID for ds in sources.values()}
+    assert len({ds.SOPInstanceUID for ds in written}) == len(written)
+    for index, ds in enumerate(written):
+        source = sources[ds.SourceImageSequence[0].ReferencedSOPInstanceUID]
+        assert ds.SOPClassUID == SecondaryCaptureImageStorage
+        assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
+        assert list(ds.ImageType) == ["DERIVED", "SECONDARY"]
+        assert ds.DerivationDescription == "test fusion"
+        for keyword in ("PatientID", "PatientName", "StudyInstanceUID", "FrameOfReferenceUID", "StudyDate"):
+            assert ds[keyword].value == source[keyword].value
+        np.testing.assert_allclose([float(v) for v in ds.ImagePositionPatient], [float(v) for v in source.ImagePositionPatient], atol=1e-4)
+        np.testing.assert_allclose([float(v) for v in ds.PixelSpacing], [float(v) for v in source.PixelSpacing])
+        assert ds.PhotometricInterpretation == ("MONOCHROME2" if gray else "RGB")
+        assert ds.InstanceNumber == index + 1
+        np.testing.assert_array_equal(ds.pixel_array, images[index])
+    back = read_scan(folder)  # the fused series stacks like the CT
+    assert back.pixels.shape == ct.pixels.shape
+    np.testing.assert_allclose(back.affine, ct.affine, atol=1e-4)
+    _no_partials(tmp_path)
+
+
+def test_single_dicom_file_copies_the_ct_file(tmp_path: Path) -> None:
+    ct = read_scan(get_testdata_file("CT_small.dcm"))
+    images = _fused(ct.slices().shape)
+    path = writers.write_dicom_series(tmp_path / "x.dcm", images, ct, "d", single_file=True)
+    ds, source = pydicom.dcmread(path), pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    assert ds.PatientID == source.PatientID and ds.StudyInstanceUID == source.StudyInstanceUID
+    assert ds.SeriesInstanceUID != source.SeriesInstanceUID
+    assert ds.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+    assert [float(v) for v in ds.ImagePositionPatient] == pytest.approx([float(v) for v in source.ImagePositionPatient])
+    np.testing.assert_array_equal(ds.pixel_array, images[0])
+
+
+def test_dicom_from_an_image_starts_a_new_study(tmp_path: Path, harvard_test: Path) -> None:
+    ct = read_scan(harvard_test / "CT" / "11.png", modality="CT")
+    path = writers.write_dicom_series(tmp_path / "11.dcm", _fused((1, 256, 256)), ct, "d", single_file=True)
+    ds = pydicom.dcmread(path)
+    assert ds.StudyInstanceUID and ds.PatientName == "" and ds.Modality == "OT"
+    with pytest.raises(Exception, match="3 slices but a single DICOM file"):
+        writers.write_dicom_series(tmp_path / "y.dcm", _fused((3, 4, 4)), ct, "d", single_file=True)
+
+
+def test_preview_is_three_panels(tmp_path: Path) -> None:
+    ct, mri = np.zeros((10, 12), np.float32), np.ones((10, 12), np.float32)
+    fused = _fused((1, 10, 12))[0]
+    image = cv2.imread(str(writers.write_preview(tmp_path / "p.png", ct, mri, fused)))
+    assert image.shape == (10, 36, 3)
+    assert (image[:, :12] == 0).all() and (image[:, 12:24] == 255).all()
+    np.testing.assert_array_equal(cv2.cvtColor(image[:, 24:], cv2.COLOR_BGR2RGB), fused)
+
+
+def test_atomic_dir_replaces_a_folder_only_on_success(tmp_path: Path) -> None:
+    target = tmp_path / "series"
+    with writers.atomic_dir(target) as staging:
+        (staging / "a.txt").write_text("first")
+    with pytest.raises(RuntimeError):
+        with writers.atomic_dir(target) as staging:
+            (staging / "b.txt").write_text("half")
+            raise RuntimeError("crash while writing")
+    assert [p.name for p in target.iterdir()] == ["a.txt"]
+    with writers.atomic_dir(target) as staging:
+        (staging / "c.txt").write_text("second")
+    assert [p.name for p in target.iterdir()] == ["c.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["series"]
+
+
+def test_remove_partials_touches_only_leftovers(tmp_path: Path) -> None:
+    keep = [tmp_path / "11.png", tmp_path / "a" / ".hidden", tmp_path / "a" / "x.partial.png"]
+    leftovers = [tmp_path / ".11.png.abc.partial.png", tmp_path / "a" / ".x.nii.gz.k.partial.nii.gz"]
+    for path in keep + leftovers:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("x")
+    staging = tmp_path / "a" / ".case.q1.partial-dir"
+    (staging / "IM_00001.dcm").parent.mkdir(parents=True)
+    (staging / "IM_00001.dcm").write_text("x")
+    removed = writers.remove_partials(tmp_path)
+    assert sorted(removed) == sorted(leftovers + [staging])
+    assert all(path.exists() for path in keep)
+    assert not staging.exists() and not any(path.exists() for path in leftovers)
