@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from fuse_export.config import MIN_OPSET, ExportConfig
+from fuse_export.config import MAX_OPSET, MIN_OPSET, ExportConfig
 from fuse_export.pipeline import run_export
 from fuse_runtime.errors import FuseError
 
@@ -45,7 +45,7 @@ def _batch(value: str) -> tuple[int, int, int]:
               help="Write the ONNX files only (with --fp16: both), never a TensorRT engine; exits 0 on a "
                    "machine without a GPU.")
 @click.option("--opset", type=int, default=MIN_OPSET, show_default=True,
-              help=f"ONNX opset to export to ({MIN_OPSET} or newer).")
+              help=f"ONNX opset to export to ({MIN_OPSET} to {MAX_OPSET}).")
 @click.option("--batch", "batch_text", default="1,8,32", show_default=True,
               help="Batch sizes MIN,OPT,MAX: the TensorRT optimisation profile of the dynamic batch axis "
                    "(ONNX files accept any batch).")

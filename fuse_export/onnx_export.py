@@ -67,17 +67,21 @@ def export_onnx(model: torch.nn.Module, path: str | Path, image_size: int, opset
         warnings.filterwarnings("ignore", message="The feature will be removed.*", category=DeprecationWarning)
         # FusionNet's input checks read shapes as Python values; they hold for every batch size.
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning, module="fuse_train.model")
-        torch.onnx.export(
-            model,
-            (torch.from_numpy(ct), torch.from_numpy(mri)),
-            str(path),
-            dynamo=False,
-            opset_version=opset,
-            input_names=[INPUT_FIRST, INPUT_SECOND],
-            output_names=[OUTPUT],
-            dynamic_axes=dynamic,
-            do_constant_folding=True,
-        )
+        try:
+            torch.onnx.export(
+                model,
+                (torch.from_numpy(ct), torch.from_numpy(mri)),
+                str(path),
+                dynamo=False,
+                opset_version=opset,
+                input_names=[INPUT_FIRST, INPUT_SECOND],
+                output_names=[OUTPUT],
+                dynamic_axes=dynamic,
+                do_constant_folding=True,
+            )
+        except (RuntimeError, ValueError, torch.onnx.errors.OnnxExporterError) as error:
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise FuseError(f"PyTorch could not export the model at opset {opset} ({first_line}); try --opset 17") from error
     return onnx.load(str(path))
 
 
@@ -116,7 +120,8 @@ def simplify_onnx(model: onnx.ModelProto, image_size: int) -> tuple[onnx.ModelPr
     try:
         slim = onnxslim.slim(onnx.load_from_string(before))
     except Exception as error:  # onnxslim raises assorted exceptions on graphs it cannot handle
-        return model, SimplifyReport(len(before), len(before), len(model.graph.node), len(model.graph.node), False, f"onnxslim failed: {error}")
+        nodes = len(model.graph.node)
+        return model, SimplifyReport(len(before), len(before), nodes, nodes, False, f"onnxslim failed: {error}")
     after = slim.SerializeToString()
     report = dict(
         bytes_before=len(before),

@@ -210,7 +210,10 @@ def format_table(comparisons: Sequence[Comparison], samples: Samples, image_size
         f"parity against PyTorch FP32 on {len(samples.names)} pairs at {image_size} px "
         f"({samples.source}); figures are the worst pair's"
     )
-    columns = f"{'candidate':<18} {'max abs':>9} {'mean abs':>9} {'PSNR dB':>8}  {'largest metric diff':<22} {'limits':<34} result"
+    columns = (
+        f"{'candidate':<18} {'max abs':>9} {'mean abs':>9} {'PSNR dB':>8}  "
+        f"{'largest metric diff':<22} {'limits':<34} result"
+    )
     lines = [header, columns, "-" * len(columns)]
     for c in comparisons:
         psnr = "inf" if c.psnr_db is None else f"{c.psnr_db:.1f}"

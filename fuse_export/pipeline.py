@@ -3,8 +3,8 @@
 ``run_export`` does the work in this order, each file written atomically into OUT and reported with
 its size and the time it took:
 
-1. refuse early (FuseError): missing checkpoint, a vis-ir checkpoint, OUT not writable, artifacts
-   already in OUT without ``overwrite``;
+1. refuse early (FuseError), before OUT is touched: missing checkpoint or parity folder, a vis-ir
+   checkpoint; then OUT not writable, or artifacts already in OUT without ``overwrite``;
 2. ``model.onnx``: export, check, onnxslim when outputs stay identical, metadata, check again;
 3. ``model.fp16.onnx`` (``fp16``): FP16 graph with float32 I/O, checked;
 4. ``model.plan`` (``fp16`` without ``onnx_only``): only where a CUDA GPU and TensorRT are present;
@@ -42,7 +42,17 @@ from fuse_export.config import (
     PARITY_JSON,
     ExportConfig,
 )
-from fuse_export.parity import FP16, FP32, Comparison, Samples, compare, format_table, load_samples, run_batched, sample_metrics
+from fuse_export.parity import (
+    FP16,
+    FP32,
+    Comparison,
+    Samples,
+    compare,
+    format_table,
+    load_samples,
+    run_batched,
+    sample_metrics,
+)
 from fuse_runtime.atomic import atomic_path, write_json_atomic
 from fuse_runtime.errors import FuseError
 from fuse_runtime.manifest import (
@@ -119,8 +129,10 @@ def run_export(checkpoint: str | Path, out_dir: str | Path, config: ExportConfig
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
     if not checkpoint.is_file():
         raise FuseError("checkpoint not found; give the .pt file a fuse-train run wrote (e.g. RUN/best.pt)", checkpoint)
-    prepare_out_dir(out_dir, config.overwrite)
+    if config.parity_data is not None and not Path(config.parity_data).is_dir():
+        raise FuseError("parity data folder not found; give a folder of CT/MRI pairs to --parity-data", config.parity_data)
     model, preprocess, info = load_ct_mri_model(checkpoint, config.image_size)
+    prepare_out_dir(out_dir, config.overwrite)
     size = preprocess.image_size
     log(f"fuse-export: {checkpoint} ({info['task']}, epoch {info.get('epoch')}) → {out_dir} at {size}×{size} px")
 
@@ -149,13 +161,15 @@ def run_export(checkpoint: str | Path, out_dir: str | Path, config: ExportConfig
 
 
 def prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
-    """Create OUT, make sure it is writable and holds no earlier export unless ``overwrite``."""
+    """Create OUT, make sure it is writable and holds no earlier export unless ``overwrite``
+    (then the earlier manifest.json is removed at once: it no longer describes what OUT holds)."""
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=out_dir):
             pass
     except OSError as error:
-        raise FuseError(f"cannot write into the output folder ({error.strerror or error}); choose a writable --out", out_dir) from None
+        reason = error.strerror or error
+        raise FuseError(f"cannot write into the output folder ({reason}); choose a writable --out", out_dir) from None
     existing = [name for name in (*ARTIFACT_NAMES, MANIFEST_NAME) if (out_dir / name).exists()]
     if existing and not overwrite:
         raise FuseError(
@@ -163,6 +177,8 @@ def prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
             "them or choose another --out",
             out_dir,
         )
+    # The old manifest describes files about to be replaced; never leave it beside the new ones.
+    (out_dir / MANIFEST_NAME).unlink(missing_ok=True)
 
 
 def load_ct_mri_model(checkpoint: Path, image_size: int | None) -> tuple[FusionNet, PreprocessConfig, dict[str, Any]]:
@@ -236,7 +252,10 @@ def export_fp16(
     artifact = Artifact(MODEL_FP16_ONNX, path, time.perf_counter() - started, FP16, details)
     artifacts[MODEL_FP16_ONNX] = artifact
     kept_text = ", ".join(f"{count} {op}" for op, count in sorted(kept.items())) or "none"
-    log(f"  {MODEL_FP16_ONNX:<16} {_size_text(artifact.size):>9} {artifact.seconds:6.1f} s  (float32 I/O; kept in FP32: {kept_text})")
+    log(
+        f"  {MODEL_FP16_ONNX:<16} {_size_text(artifact.size):>9} {artifact.seconds:6.1f} s  "
+        f"(float32 I/O; kept in FP32: {kept_text})"
+    )
 
 
 def build_plan(

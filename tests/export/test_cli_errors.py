@@ -15,11 +15,13 @@ BAD_ARGUMENTS = [
     (["--image-size", "100"], ["multiple of 32", "100"]),
     (["--image-size", "0"], ["multiple of 32"]),
     (["--opset", "13"], ["opset must be 17 or newer"]),
+    (["--opset", "21"], ["up to 20"]),
     (["--batch", "8,1,32"], ["MIN <= OPT <= MAX"]),
     (["--batch", "1,8"], ["three integers MIN,OPT,MAX"]),
     (["--batch", "a,b,c"], ["three integers MIN,OPT,MAX"]),
     (["--workspace-gb", "0"], ["workspace_gb must be > 0"]),
     (["--parity-pairs", "0"], ["parity_pairs must be >= 1"]),
+    (["--parity-data", "/nonexistent/pairs"], ["parity data folder not found", "/nonexistent/pairs"]),
 ]
 
 
@@ -65,7 +67,7 @@ def test_vis_ir_checkpoint_is_refused_with_the_fine_tuning_command(cli, vis_ir_c
     line = _error_line(result)
     assert "vis-ir" in line and "CT–MRI" in line
     assert f"fuse-train --task ct-mri --init {vis_ir_checkpoint}" in line
-    assert not (out / MODEL_ONNX).exists()
+    assert not out.exists()
 
 
 def test_unwritable_output_folder(cli, ct_mri_checkpoint, tmp_path):

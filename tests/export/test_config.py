@@ -34,6 +34,7 @@ def test_to_dict_is_json_ready():
         ({"image_size": 48}, "multiple of 32"),
         ({"image_size": 16}, "multiple of 32"),
         ({"opset": 16}, "opset"),
+        ({"opset": 21}, "opset"),
         ({"batch": (0, 1, 2)}, "batch"),
         ({"batch": (4, 2, 8)}, "batch"),
         ({"workspace_gb": -1.0}, "workspace_gb"),

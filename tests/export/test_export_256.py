@@ -19,15 +19,20 @@ SIZE = 256
 @pytest.fixture(scope="module")
 def export_256(cli, ct_mri_checkpoint, harvard_test, tmp_path_factory):
     out = tmp_path_factory.mktemp("export256") / "out"
+    out.mkdir()
+    # An earlier export's engine and manifest: --overwrite must not leave them beside the new model.
+    (out / MODEL_PLAN).write_bytes(b"engine of an earlier export")
+    (out / MANIFEST_NAME).write_text("{}")
     # No --image-size: the checkpoint's own size (TrainConfig default, the design's 256) is used.
-    result = cli(["--checkpoint", str(ct_mri_checkpoint), "--out", str(out), "--onnx-only",
+    result = cli(["--checkpoint", str(ct_mri_checkpoint), "--out", str(out), "--onnx-only", "--overwrite",
                   "--parity-data", str(harvard_test), "--parity-pairs", "3"])
     return out, result
 
 
-def test_onnx_only_exits_0_and_writes_no_engine(export_256):
+def test_onnx_only_exits_0_and_overwrite_removes_the_stale_engine(export_256):
     out, result = export_256
     assert result.exit_code == 0, result.output
+    assert "removed model.plan left by an earlier export" in result.stdout
     assert not (out / MODEL_PLAN).exists() and not (out / MODEL_FP16_ONNX).exists()
     assert sorted(p.name for p in out.iterdir()) == sorted([MODEL_ONNX, PARITY_JSON, MANIFEST_NAME])
 

@@ -181,3 +181,13 @@ def test_parity_json_and_table_within_tolerance(export_64):
     assert fp16["max_abs_at"]["sample"] in parity["pairs"]
     table = export_64.result.stdout
     assert "onnxruntime-fp32" in table and "onnxruntime-fp16" in table and "PSNR dB" in table
+
+
+@pytest.mark.parametrize("name", [MODEL_ONNX, MODEL_FP16_ONNX])
+def test_runtime_serves_the_export_with_its_own_preprocessing(export_64, samples_64, run_model, name):
+    from fuse_runtime.engines import open_engine
+
+    with open_engine(export_64.out / name, provider="cpu") as engine:
+        assert engine.image_size == SIZE and engine.preprocess == PreprocessConfig(image_size=SIZE)
+        fused = engine.infer(samples_64.ct[:3], samples_64.mri[:3])
+    np.testing.assert_array_equal(fused, run_model(export_64.out / name, samples_64.ct[:3], samples_64.mri[:3]))
