@@ -39,6 +39,9 @@ from fuse_runtime.preprocess import PreparedPair, normalise_scan, prepare_pair, 
 from fuse_runtime.report import PairResult, RunReport, write_report
 from fuse_runtime.scan import Scan
 
+__all__ = ["FORMATS", "Job", "RunOptions", "check_folders", "ensure_writable", "pair_metrics", "plan_jobs", "run",
+           "safe_relative_name"]
+
 OutputFormat = Literal["auto", "png", "nifti", "dicom"]
 FORMATS: tuple[str, ...] = ("auto", "png", "nifti", "dicom")
 #: ``auto`` writes the kind of file that was read.
@@ -48,6 +51,8 @@ FLAT_KINDS = ("image", "dicom-file")
 PREVIEW_DIR = "preview"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _POLL_SECONDS = 0.1
+PREFETCH_BATCHES = 2
+"""Slices the engine stage holds ready, in batches: one running, one waiting."""
 
 
 @dataclass(frozen=True)
@@ -136,16 +141,23 @@ def run(engine: Engine, in_dir: str | Path, out_dir: str | Path, options: RunOpt
         settings={"in": str(in_dir), "out": str(out_dir), "task": task, **options.to_dict()},
         notices=list(engine.notices),
     )
-    leftovers = writers.remove_partials(out_dir)
+    leftovers = writers.remove_partials(out_dir, keep_out=[in_dir])
     if leftovers:
         report.notices.append(f"removed {len(leftovers)} partial file(s) left by an interrupted run")
     batch_size = _fit_batch(engine, options.batch_size, report.notices)
-    jobs = plan_jobs(pairing.pairs, in_dir, out_dir, options)
+    jobs = plan_jobs(pairing.pairs, out_dir, options)
     results = [job.result for job in jobs] + [_problem_result(p) for p in pairing.problems]
     todo = []
+    resolved_in = in_dir.resolve()
     for job in jobs:
-        if job.output.exists() and not options.overwrite:
+        if job.result.status == "failed":
+            continue
+        if resolved_in in job.output.resolve().parents:
+            job.result.status = "failed"
+            job.result.error = f"its output {job.output} would land inside the input folder; choose another --out"
+        elif job.output.exists() and not options.overwrite:
             job.result.status = "skipped"
+            job.result.outputs = [str(job.output)]
             job.result.error = "output exists; pass --overwrite to replace it"
         else:
             todo.append(job)
@@ -157,14 +169,16 @@ def run(engine: Engine, in_dir: str | Path, out_dir: str | Path, options: RunOpt
     return report
 
 
-def plan_jobs(pairs: list[Pair], in_dir: Path, out_dir: Path, options: RunOptions) -> list[Job]:
+def plan_jobs(pairs: list[Pair], out_dir: Path, options: RunOptions) -> list[Job]:
     """Decide each pair's output path: ``OUT/<sanitised pair name>`` plus the format's suffix.
 
     Flat pairs (2-D images, single DICOM files) give one file (``.png``, ``.dcm``, ``.nii.gz``);
     volumes give a folder of slices (PNG, DICOM) or one ``.nii.gz``. Names that collide after
-    sanitising get ``-2``, ``-3``... in input order.
+    sanitising get ``-2``, ``-3``... in input order. A pair whose output would lie inside another
+    pair's output folder (or hold one) is marked failed: writing it would clobber the other.
     """
     used: set[str] = set()
+    folders: dict[str, str] = {}
     jobs = []
     for index, pair in enumerate(pairs):
         base = _unique(safe_relative_name(pair.name), used)
@@ -178,8 +192,20 @@ def plan_jobs(pairs: list[Pair], in_dir: Path, out_dir: Path, options: RunOption
             output, single = out_dir / base, False
         preview = out_dir / PREVIEW_DIR / f"{base}.png" if options.preview else None
         result = PairResult(name=pair.name, inputs=[str(pair.first), str(pair.second)])
+        key = base.lower()
+        clash = next((name for folder, name in folders.items() if _nested(key, folder)), None)
+        if clash is not None:
+            result.status = "failed"
+            result.error = f"its output {output} would overlap the output folder of pair {clash!r}; rename one of them"
+        elif not single:
+            folders[key] = pair.name
         jobs.append(Job(index, pair, output, fmt, single, preview, result))
     return jobs
+
+
+def _nested(a: str, b: str) -> bool:
+    """True when relative path ``a`` lies inside ``b`` or ``b`` inside ``a`` (or they are equal)."""
+    return a == b or a.startswith(b + "/") or b.startswith(a + "/")
 
 
 def safe_relative_name(name: str) -> str:
@@ -298,10 +324,18 @@ class _Runner:
     # --- stage 2: batch slices across pairs through the engine ------------------------------------
 
     def _infer(self, readers_left: int) -> None:
+        """Pack slices into batches; keep up to PREFETCH_BATCHES batches of slices taken in hand.
+
+        It waits for more pairs only while it lacks a full batch; otherwise it takes what the readers
+        have ready without waiting and runs the batch, so reading goes on while the engine works.
+        """
         pending: list[tuple[_Prepared, int]] = []
         while readers_left or pending:
-            if readers_left and len(pending) < self.batch_size:
-                item = self.ready.get()
+            while readers_left and len(pending) < PREFETCH_BATCHES * self.batch_size:
+                try:
+                    item = self.ready.get(block=len(pending) < self.batch_size)
+                except queue.Empty:
+                    break
                 if item is None:
                     readers_left -= 1
                 elif isinstance(item, _Failed):
@@ -310,9 +344,9 @@ class _Runner:
                     self.bar.total += item.remaining
                     self.bar.refresh()
                     pending.extend((item, s) for s in range(item.remaining))
-                continue
-            batch, pending = pending[: self.batch_size], pending[self.batch_size :]
-            self._run_batch(batch)
+            if pending:
+                batch, pending = pending[: self.batch_size], pending[self.batch_size :]
+                self._run_batch(batch)
 
     def _run_batch(self, batch: list[tuple[_Prepared, int]]) -> None:
         ct = np.stack([item.prepared.first[s] for item, s in batch])
@@ -461,7 +495,3 @@ def _unique(base: str, used: set[str]) -> str:
 def _finite_mean(values: list[float]) -> float | None:
     finite = [v for v in values if v is not None and np.isfinite(v)]
     return float(np.mean(finite)) if finite else None
-
-
-__all__ = ["FORMATS", "Job", "RunOptions", "check_folders", "ensure_writable", "pair_metrics", "plan_jobs", "run",
-           "safe_relative_name"]

@@ -203,26 +203,31 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
             shutil.rmtree(staging, ignore_errors=True)
 
 
-def remove_partials(root: str | Path) -> list[Path]:
+def remove_partials(root: str | Path, keep_out: Sequence[str | Path] = ()) -> list[Path]:
     """Delete temporary files and staging folders that an interrupted run left under ``root``.
 
     Only hidden names carrying the ``.partial`` marker (what ``atomic_path`` and ``atomic_dir``
-    create) are touched. Returns what was removed.
+    create) are touched, and nothing inside the folders of ``keep_out`` (e.g. an input folder that
+    lies inside the output folder). Returns what was removed.
     """
     root = Path(root)
+    protected = {Path(p).resolve() for p in keep_out}
     removed: list[Path] = []
     if not root.is_dir():
         return removed
     for folder, dirs, files in os.walk(root):
+        here = Path(folder)
         for name in list(dirs):
-            if _is_partial(name):
-                shutil.rmtree(Path(folder) / name, ignore_errors=True)
-                removed.append(Path(folder) / name)
+            if (here / name).resolve() in protected:
+                dirs.remove(name)
+            elif _is_partial(name):
+                shutil.rmtree(here / name, ignore_errors=True)
+                removed.append(here / name)
                 dirs.remove(name)
         for name in files:
             if _is_partial(name):
-                (Path(folder) / name).unlink(missing_ok=True)
-                removed.append(Path(folder) / name)
+                (here / name).unlink(missing_ok=True)
+                removed.append(here / name)
     return removed
 
 

@@ -130,7 +130,9 @@ def preprocess_from_metadata(model_path: Path, metadata: dict[str, str]) -> tupl
         config = PreprocessConfig.from_dict(json.loads(metadata[META_PREPROCESS]))
         size = int(metadata.get(META_IMAGE_SIZE, config.image_size))
     except (ValueError, TypeError, json.JSONDecodeError) as error:
-        raise FuseError(f"the model's {META_PREPROCESS!r} metadata is invalid ({error}); {REEXPORT_HINT}", model_path) from None
+        raise FuseError(
+            f"the model's {META_PREPROCESS!r} metadata is invalid ({error}); {REEXPORT_HINT}", model_path
+        ) from None
     return config, size
 
 
@@ -152,5 +154,7 @@ def modalities_from_metadata(model_path: Path, metadata: dict[str, str]) -> tupl
     """``fuse.modalities`` (``"ct,mri"``) as a pair; a model without it is a CT–MRI model."""
     names = tuple(name.strip().lower() for name in metadata.get(META_MODALITIES, "ct,mri").split(","))
     if len(names) != 2 or not all(names):
-        raise FuseError(f"the model's {META_MODALITIES!r} metadata {names} is not two names; {REEXPORT_HINT}", model_path)
+        raise FuseError(
+            f"the model's {META_MODALITIES!r} metadata {names} is not two names; {REEXPORT_HINT}", model_path
+        )
     return names  # type: ignore[return-value]

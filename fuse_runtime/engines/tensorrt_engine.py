@@ -97,7 +97,7 @@ class TensorRTEngine(Engine):
                     self._stream,
                 )
             )
-        if not self._context.execute_async_v3(self._stream):
+        if not self._context.execute_async_v3(int(self._stream)):
             raise FuseError("TensorRT failed to run the batch (see the TensorRT log above)", self.path)
         out = self._buffers[OUTPUT]
         self._call(
@@ -124,7 +124,10 @@ class TensorRTEngine(Engine):
 
     def __del__(self) -> None:
         if getattr(self, "_buffers", None) or getattr(self, "_stream", None) is not None:
-            self.close()
+            try:
+                self.close()
+            except Exception:  # the CUDA runtime may already be gone at interpreter exit
+                pass
 
     def _current_gpu(self) -> tuple[str, tuple[int, int]]:
         cudart = self._cudart
@@ -175,8 +178,13 @@ class TensorRTEngine(Engine):
 
     def _check_signature(self) -> None:
         trt, engine = self._trt, self._engine
-        modes = {engine.get_tensor_name(i): engine.get_tensor_mode(engine.get_tensor_name(i)) for i in range(engine.num_io_tensors)}
-        wanted = {INPUT_FIRST: trt.TensorIOMode.INPUT, INPUT_SECOND: trt.TensorIOMode.INPUT, OUTPUT: trt.TensorIOMode.OUTPUT}
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        modes = {name: engine.get_tensor_mode(name) for name in names}
+        wanted = {
+            INPUT_FIRST: trt.TensorIOMode.INPUT,
+            INPUT_SECOND: trt.TensorIOMode.INPUT,
+            OUTPUT: trt.TensorIOMode.OUTPUT,
+        }
         if any(modes.get(name) != mode for name, mode in wanted.items()):
             raise FuseError(
                 f"the plan's tensors are {sorted(modes)}, expected inputs 'ct', 'mri' and output 'fused'; "

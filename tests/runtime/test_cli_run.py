@@ -98,7 +98,9 @@ def _contents(folder: Path) -> dict[str, object]:
     return found
 
 
-def test_batch_size_does_not_change_the_outputs_and_geometry_is_kept(exported: Path, scans: Path, tmp_path: Path) -> None:
+def test_batch_size_does_not_change_the_outputs_and_geometry_is_kept(
+    exported: Path, scans: Path, tmp_path: Path
+) -> None:
     for batch in (1, 7):
         code, _, err = _fuse_run("--engine", exported, "--in", scans, "--out", tmp_path / str(batch), "--quiet",
                                  "--batch-size", batch)

@@ -41,7 +41,8 @@ def scans(tmp_path_factory: pytest.TempPathFactory, harvard_test: Path) -> Path:
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory: pytest.TempPathFactory):
     # CLAHE on and a letterbox size below the sources' 128/256 px: the whole preprocessing path runs.
-    path = write_max_fusion_onnx(tmp_path_factory.mktemp("model") / "model.onnx", SIZE, PreprocessConfig(image_size=SIZE))
+    folder = tmp_path_factory.mktemp("model")
+    path = write_max_fusion_onnx(folder / "model.onnx", SIZE, PreprocessConfig(image_size=SIZE))
     return open_engine(path, provider="cpu", threads=1)
 
 
@@ -163,8 +164,19 @@ def test_output_names_are_sanitised(name: str, expected: str) -> None:
 
 def test_colliding_names_get_numbered(tmp_path: Path) -> None:
     pairs = [Pair(name, tmp_path / "a", tmp_path / "b", "image") for name in ("x y", "x_y", "x?y")]
-    outputs = [job.output.name for job in plan_jobs(pairs, tmp_path, tmp_path / "out", QUIET)]
+    outputs = [job.output.name for job in plan_jobs(pairs, tmp_path / "out", QUIET)]
     assert outputs == ["x_y.png", "x_y-2.png", "x_y-3.png"]
+
+
+def test_output_inside_another_pairs_output_folder_is_refused(tmp_path: Path) -> None:
+    pairs = [
+        Pair("case01", tmp_path / "a", tmp_path / "b", "dicom-series"),
+        Pair("case01/sub/11", tmp_path / "c", tmp_path / "d", "image"),
+        Pair("case02", tmp_path / "e", tmp_path / "f", "dicom-series"),
+    ]
+    jobs = plan_jobs(pairs, tmp_path / "out", QUIET)
+    assert [job.result.status for job in jobs] == ["ok", "failed", "ok"]
+    assert "overlap the output folder of pair 'case01'" in jobs[1].result.error
 
 
 @pytest.mark.parametrize(
@@ -197,3 +209,15 @@ def test_output_inside_the_input_is_refused(engine, scans: Path, tmp_path: Path,
 def test_missing_input_folder_is_refused(engine, tmp_path: Path) -> None:
     with pytest.raises(FuseError, match="input folder not found"):
         run(engine, tmp_path / "nowhere", tmp_path / "out", QUIET)
+
+
+def test_input_inside_the_output_folder_is_never_touched(engine, scans: Path, tmp_path: Path) -> None:
+    import shutil
+
+    inputs = shutil.copytree(scans / "harvard", tmp_path / "in")
+    hidden = inputs / "CT" / ".11.png.zz.partial.png"  # looks like a leftover, but it is in the input
+    hidden.write_bytes(b"someone else's file")
+    before = _files(inputs)
+    report = run(engine, inputs, tmp_path, QUIET)
+    assert [r.status for r in report.pairs] == ["ok"] * 3
+    assert (tmp_path / "11.png").is_file() and _files(inputs) == before

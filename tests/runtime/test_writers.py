@@ -141,7 +141,8 @@ def test_dicom_series_is_a_secondary_capture_of_the_ct(tmp_path: Path, phantoms:
         assert ds.DerivationDescription == "test fusion"
         for keyword in ("PatientID", "PatientName", "StudyInstanceUID", "FrameOfReferenceUID", "StudyDate"):
             assert ds[keyword].value == source[keyword].value
-        np.testing.assert_allclose([float(v) for v in ds.ImagePositionPatient], [float(v) for v in source.ImagePositionPatient], atol=1e-4)
+        position, source_position = ([float(v) for v in d.ImagePositionPatient] for d in (ds, source))
+        np.testing.assert_allclose(position, source_position, atol=1e-4)
         np.testing.assert_allclose([float(v) for v in ds.PixelSpacing], [float(v) for v in source.PixelSpacing])
         assert ds.PhotometricInterpretation == ("MONOCHROME2" if gray else "RGB")
         assert ds.InstanceNumber == index + 1
@@ -210,3 +211,11 @@ def test_remove_partials_touches_only_leftovers(tmp_path: Path) -> None:
     assert sorted(removed) == sorted(leftovers + [staging])
     assert all(path.exists() for path in keep)
     assert not staging.exists() and not any(path.exists() for path in leftovers)
+
+
+def test_remove_partials_spares_protected_folders(tmp_path: Path) -> None:
+    inside = tmp_path / "in" / "CT" / ".x.png.k.partial.png"
+    inside.parent.mkdir(parents=True)
+    inside.write_text("an input")
+    assert writers.remove_partials(tmp_path, keep_out=[tmp_path / "in"]) == []
+    assert inside.exists()
