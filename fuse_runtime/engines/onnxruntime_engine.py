@@ -86,6 +86,8 @@ class OnnxRuntimeEngine(Engine):
         )
 
     def _run(self, ct: np.ndarray, mri: np.ndarray) -> np.ndarray:
+        if self.session is None:
+            raise FuseError("the engine was closed; open it again with open_engine", self.path)
         if self.provider == "cpu":
             (fused,) = self.session.run([OUTPUT], {INPUT_FIRST: ct, INPUT_SECOND: mri})
             return np.asarray(fused, dtype=np.float32)
@@ -102,6 +104,11 @@ class OnnxRuntimeEngine(Engine):
         binding.bind_ortvalue_output(OUTPUT, self._binding_output)
         self.session.run_with_iobinding(binding)
         return np.asarray(binding.copy_outputs_to_cpu()[0], dtype=np.float32)
+
+    def close(self) -> None:
+        """Drop the session (and its thread pool); the engine cannot run afterwards."""
+        self._binding_output = None
+        self.session = None
 
     def _choose_provider(self, requested: str) -> str:
         available = set(ort.get_available_providers())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -9,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import nibabel as nib
@@ -44,13 +46,14 @@ def exported(tmp_path_factory: pytest.TempPathFactory, harvard_test: Path) -> Pa
     config = TrainConfig(preprocess=PreprocessConfig(image_size=SIZE), crop_size=SIZE)
     save_checkpoint(folder / "model.pt", FusionNet(imagenet=False), config, epoch=1, val_loss=None)
     export = ExportConfig(image_size=SIZE, simplify=False, parity_pairs=1, parity_data=harvard_test)
-    run_export(folder / "model.pt", folder / "out", export, log=lambda _: None)
+    with _torch_threads(1):
+        run_export(folder / "model.pt", folder / "out", export, log=lambda _: None)
     return folder / "out" / "model.onnx"
 
 
 @pytest.fixture(scope="module")
 def scans(tmp_path_factory: pytest.TempPathFactory, harvard_test: Path) -> Path:
-    return build_scan_tree(tmp_path_factory.mktemp("scans"), harvard_test)
+    return build_scan_tree(tmp_path_factory.mktemp("scans"), harvard_test, harvard_pairs=1)
 
 
 def _fuse_run(*args: str | Path) -> tuple[int, str, str]:
@@ -61,9 +64,9 @@ def _fuse_run(*args: str | Path) -> tuple[int, str, str]:
 def test_real_model_end_to_end_matches_pytorch(exported: Path, scans: Path, tmp_path: Path) -> None:
     code, out, err = _fuse_run("--engine", exported, "--in", scans, "--out", tmp_path, "--quiet", "--batch-size", "5")
     assert code == 0, err
-    assert "fused 9 pair(s), 31 slice(s)" in out and "pairs/s" in out
+    assert "fused 7 pair(s), 29 slice(s)" in out and "pairs/s" in out
     model, _, _ = load_model(exported.parent.parent / "model.pt")
-    engine = open_engine(exported, provider="cpu")
+    engine = open_engine(exported, provider="cpu", threads=1)
     report = json.loads((tmp_path / "report.json").read_text())
     pairs = {pair.name: pair for pair in find_pairs(scans).pairs}
     assert sorted(r["name"] for r in report["pairs"]) == sorted(pairs)
@@ -74,13 +77,25 @@ def test_real_model_end_to_end_matches_pytorch(exported: Path, scans: Path, tmp_
         written = read_output(Path(entry["outputs"][0]), fmt, ct)
         # the engine applied directly, one pair at a time: identical bytes
         np.testing.assert_array_equal(written, fuse_directly(engine, pair))
+        if entry["name"] not in ("harvard/11", "dicom/case01", "nifti/case01"):
+            continue  # PyTorch on the CPU is slow: one pair of each kind
         # PyTorch on the same preprocessed inputs: within one 8-bit step
         prepared = prepare_pair(ct, mri, pair.roles, engine.preprocess)
-        with torch.no_grad():
+        with torch.no_grad(), _torch_threads(1):  # more threads than free cores make it crawl
             reference = model(torch.from_numpy(prepared.first), torch.from_numpy(prepared.second)).numpy()
         expected = to_display(restore_geometry(reference, prepared.restore))
         assert np.abs(written.astype(int) - expected.astype(int)).max() <= 1
         assert written.shape[:3] == ct.slices().shape
+
+
+@contextlib.contextmanager
+def _torch_threads(count: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _contents(folder: Path) -> dict[str, object]:
@@ -103,10 +118,10 @@ def test_batch_size_does_not_change_the_outputs_and_geometry_is_kept(
 ) -> None:
     for batch in (1, 7):
         code, _, err = _fuse_run("--engine", exported, "--in", scans, "--out", tmp_path / str(batch), "--quiet",
-                                 "--batch-size", batch)
+                                 "--batch-size", batch, "--threads", 1)
         assert code == 0, err
     one, seven = _contents(tmp_path / "1"), _contents(tmp_path / "7")
-    assert len(one) == 4 + 3 + 12 + 1 and one == seven
+    assert len(one) == 4 + 1 + 12 + 1 and one == seven
     _check_geometry(scans, tmp_path / "7")
 
 

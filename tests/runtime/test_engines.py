@@ -101,6 +101,13 @@ def test_bad_inputs_are_refused_naming_the_engine(model: Path, ct_shape, mri_sha
     assert caught.value.path == model
 
 
+def test_closed_engine_refuses_to_run(model: Path) -> None:
+    engine = open_engine(model, provider="cpu")
+    engine.close()
+    with pytest.raises(FuseError, match="closed"):
+        engine.infer(*_inputs(1))
+
+
 def test_float64_inputs_are_converted(model: Path) -> None:
     engine = open_engine(model, provider="cpu")
     ct, mri = _inputs(2)
