@@ -6,7 +6,8 @@ for the disk:
 1. ``workers`` reader threads: ``load_pair`` then ``prepare_pair`` with the ENGINE's
    PreprocessConfig → a prepared pair (``[S,3,size,size]`` + ``[S,1,size,size]``) on ``ready``.
 2. The calling thread feeds the engine: slices from one or more pairs are packed into batches of
-   ``batch_size`` (a batch may span studies); a pair whose slices are all fused goes on ``done``.
+   ``batch_size`` (a batch may span studies), with up to two batches of slices in hand so the
+   readers keep working while a batch runs; a pair whose slices are all fused goes on ``done``.
 3. One writer thread: ``restore_geometry`` back to the CT's grid, 8-bit, write through
    ``atomic_path`` (metrics and preview when asked), record the result.
 
@@ -285,6 +286,9 @@ class _Runner:
         finally:
             self._put(self.done, None)
             writer.join()
+            elapsed = time.perf_counter() - self.started
+            if elapsed > 0:
+                self.bar.set_postfix_str(f"{self.pairs_done / elapsed:.2f} pairs/s")
             self.stop.set()
             for thread in readers:
                 thread.join()

@@ -206,7 +206,7 @@ def bad_scans(tmp_path: Path, harvard_test: Path) -> Path:
 
 def test_every_bad_input_is_reported_and_the_rest_completes(exported: Path, bad_scans: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    code, stdout, stderr = _fuse_run("--engine", exported, "--in", bad_scans, "--out", out, "--quiet")
+    code, stdout, stderr = _fuse_run("--engine", exported, "--in", bad_scans, "--out", out)  # with the progress bar
     assert code == 1
     report = json.loads((out / "report.json").read_text())
     status = {r["name"]: (r["status"], r["error"]) for r in report["pairs"]}
@@ -224,7 +224,7 @@ def test_every_bad_input_is_reported_and_the_rest_completes(exported: Path, bad_
         assert reason in status[name][1], (name, status[name][1])
         assert f"failed: {name}:" in stderr
     assert report["totals"]["ok"] == 1 and report["totals"]["failures"] == len(report["pairs"]) - 1
-    assert "1 pair(s)" in stdout and "failed" in stdout
+    assert "1 pair(s)" in stdout and "failed" in stdout and "slice" in stderr
     assert sorted(p.name for p in out.rglob("*") if p.is_file()) == ["good.png", "report.json"]
 
 
