@@ -16,3 +16,5 @@ echo "== exporting to ONNX"
 echo "== fusing every sample pair (PNG, DICOM series, NIfTI)"
 .venv/bin/fuse-run --engine "$OUT/export/model.onnx" --in "$OUT/samples" --out "$OUT/fused" --preview
 echo "== done: fused images in $OUT/fused (report: $OUT/fused/report.json)"
+echo "   The demo model trains for two short epochs from scratch: it proves the chain, not fusion quality."
+echo "   For a real model, train on real pairs as the README shows."
