@@ -153,11 +153,11 @@ def test_resume_after_a_crash_gives_identical_files(exported: Path, harvard_trai
     process = subprocess.Popen([*FUSE_RUN, *args, "--out", str(crashed), "--quiet"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
-    while len(list(crashed.glob("*.png"))) < 3 and time.monotonic() < deadline and process.poll() is None:
+    while len(_finished_pngs(crashed)) < 3 and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.005)
     process.send_signal(signal.SIGKILL)
     assert process.wait() == -signal.SIGKILL, "fuse-run finished before it could be killed"
-    done_before = len(list(crashed.glob("*.png")))
+    done_before = len(_finished_pngs(crashed))
     assert 3 <= done_before < len(names)
     (crashed / f".{names[-1]}.abcd.partial.png").write_bytes(b"\x89PNG half")  # what a kill mid-write leaves
     resumed = subprocess.run([*FUSE_RUN, *args, "--out", str(crashed), "--quiet"], capture_output=True, text=True)
@@ -168,6 +168,11 @@ def test_resume_after_a_crash_gives_identical_files(exported: Path, harvard_trai
     assert _fuse_run(*args, "--out", uninterrupted, "--quiet")[0] == 0
     assert _contents(crashed) == _contents(uninterrupted)
     assert not [p for p in crashed.rglob("*") if ".partial" in p.name]
+
+
+def _finished_pngs(folder: Path) -> list[Path]:
+    """Renamed outputs only: pathlib's glob also matches the hidden `.name.XXXX.partial.png` temporaries."""
+    return [p for p in folder.glob("*.png") if not p.name.startswith(".")]
 
 
 def _nifti_pair(folder: Path, ct: np.ndarray, mri: np.ndarray) -> None:
