@@ -123,7 +123,7 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tu
     except (TypeError, ValueError) as error:
         raise FuseError(f"the checkpoint's training config is invalid ({error})", path) from error
     modalities = tuple(payload["modalities"])
-    model = FusionNet(modalities=modalities, imagenet=False)
+    model = FusionNet(modalities=modalities, imagenet=False, head=config.head)
     try:
         model.load_state_dict(payload["model"], strict=True)
     except RuntimeError as error:

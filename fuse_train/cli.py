@@ -62,6 +62,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("--intensity-jitter", "", "intensity_jitter", "Contrast gain jitter: intensities × a gain in [1 − j, 1 + j] (fraction).", float),
     Setting("--checkpoint-every", "", "checkpoint_every", "Write epoch_NNN.pt every this many epochs.", click.IntRange(min=1)),
     Setting("--imagenet", "", "imagenet", "Start the encoders from torchvision's ImageNet ResNet34 when it is in the local cache (never downloaded); --no-imagenet: random initialisation.", bool, secondary="--no-imagenet"),
+    Setting("--head", "", "head", "Output head: design = the design document's (decoder features only, finest skip at 1/4 size); blend = also sees both sources at full size and outputs a per-pixel blend plus bounded detail (sharper).", click.Choice(["design", "blend"])),
     Setting("--num-workers", "", "num_workers", "DataLoader worker processes (images are cached in memory, so 0 is usually enough).", click.IntRange(min=0)),
     Setting("--max-pairs", "", "max_pairs", "Use at most this many pairs, spread over patients; for quick smoke runs.", click.IntRange(min=2)),
     Setting("--min-foreground", "", "min_foreground", "Skip volume slices with less than this fraction of pixels above 5% intensity in both images.", float),

@@ -9,6 +9,7 @@ from fuse_runtime.preprocess import PreprocessConfig
 
 Task = Literal["ct-mri", "vis-ir"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
+Head = Literal["design", "blend"]
 
 #: Modality names per task: the first takes the 3-channel input, the second the 1-channel input.
 TASK_MODALITIES: dict[str, tuple[str, str]] = {"ct-mri": ("ct", "mri"), "vis-ir": ("vis", "ir")}
@@ -63,6 +64,8 @@ class TrainConfig:
     num_workers: int = 0
     max_pairs: int | None = None
     """Use at most this many pairs, taken round-robin over patients (None: all); for smoke runs."""
+    head: Head = "design"
+    """Output head of FusionNet: "design" (the design's) or "blend" (sees the sources at full size)."""
     min_foreground: float = 0.01
     """Volume slices with less than this fraction of pixels above 5% intensity in both images are skipped."""
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
@@ -88,6 +91,8 @@ class TrainConfig:
             raise ValueError(f"min_foreground must be in [0, 1), got {self.min_foreground}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.head not in ("design", "blend"):
+            raise ValueError(f"head must be design or blend, got {self.head!r}")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
 

@@ -22,6 +22,9 @@ from fuse_train.attention import DualAttentionFusion, MedicalAttention
 from fuse_train.encoders import ENCODER_CHANNELS, ResNetEncoder, imagenet_state_dict, resnet34_backbone
 
 ParameterGroup = Literal["encoder", "fusion", "decoder"]
+Head = Literal["design", "blend"]
+#: Output heads: "design" (the design's decoder head) and "blend" (sees the sources at full size).
+HEADS: tuple[Head, ...] = ("design", "blend")
 #: Optimiser groups in a fixed order (design: encoders 0.1×, fusion 0.5×, decoder 1× the base LR).
 PARAMETER_GROUPS: tuple[ParameterGroup, ...] = ("encoder", "fusion", "decoder")
 #: Input sides must be multiples of this (the encoders' total stride).
@@ -30,6 +33,11 @@ SIZE_MULTIPLE = 32
 HEAD_CHANNELS = 32
 #: Hidden channels of the output head (conv3×3 32→16, conv1×1 16→3).
 HEAD_HIDDEN = 16
+#: Largest detail the blend head may add to or take from its blend of the sources (in [0,1] units).
+BLEND_RESIDUAL_RANGE = 0.5
+#: Initial bias of the medical attention's last conv with the blend head: sigmoid(3) ≈ 0.95, so the
+#: gate starts almost open instead of halving the image.
+BLEND_ATTENTION_BIAS = 3.0
 
 
 class FusionNet(nn.Module):
@@ -44,15 +52,25 @@ class FusionNet(nn.Module):
             parameter names (``f"{name}_encoder.*"``).
         imagenet: start the encoders from torchvision's ImageNet ResNet34 when the file is in the
             local torch hub cache (never downloaded; one warning when missing). ``False``: random.
+        head: ``"design"`` — the design's output head (bilinear ×2 of the H/2 decoder features,
+            conv3×3 32→16, BN, ReLU, conv1×1 16→3, sigmoid). ``"blend"`` — :class:`BlendHead`, which
+            also sees both sources at full size and outputs a per-pixel blend of them plus a bounded
+            detail term; the design's head has no full-resolution input (its finest skip is H/4), so
+            it cannot reproduce the sources' finest edges.
 
     Attributes:
         modalities: the two modality names.
         imagenet_loaded: whether the encoders were initialised from ImageNet weights.
     """
 
-    def __init__(self, modalities: tuple[str, str] = ("ct", "mri"), imagenet: bool = True) -> None:
+    def __init__(
+        self, modalities: tuple[str, str] = ("ct", "mri"), imagenet: bool = True, head: Head = "design"
+    ) -> None:
         super().__init__()
         self.modalities: tuple[str, str] = _check_modalities(modalities)
+        if head not in HEADS:
+            raise ValueError(f"head must be one of {', '.join(HEADS)}, got {head!r}")
+        self.head: Head = head
         state = imagenet_state_dict() if imagenet else None
         self.imagenet_loaded: bool = state is not None
         first, second = self.modalities
@@ -69,15 +87,20 @@ class FusionNet(nn.Module):
         self.decoder3 = nn.Sequential(*_conv_bn_relu(c3 * 2, c3), *_upsample(c3, c2))  # → H/8
         self.decoder2 = nn.Sequential(*_conv_bn_relu(c2 * 2, c2), *_upsample(c2, c1))  # → H/4
         self.decoder1 = nn.Sequential(*_conv_bn_relu(c1 * 2, c1), *_upsample(c1, HEAD_CHANNELS))  # → H/2
-        self.final = nn.Sequential(
-            nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),  # → H
-            nn.Conv2d(HEAD_CHANNELS, HEAD_HIDDEN, 3, padding=1),
-            nn.BatchNorm2d(HEAD_HIDDEN),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(HEAD_HIDDEN, 3, 1),
-            nn.Sigmoid(),
-        )
+        if head == "design":
+            self.final: nn.Module = nn.Sequential(
+                nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),  # → H
+                nn.Conv2d(HEAD_CHANNELS, HEAD_HIDDEN, 3, padding=1),
+                nn.BatchNorm2d(HEAD_HIDDEN),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(HEAD_HIDDEN, 3, 1),
+                nn.Sigmoid(),
+            )
+        else:
+            self.final = BlendHead()
         self.medical_attention = MedicalAttention()
+        if head == "blend":
+            nn.init.constant_(self.medical_attention[2].bias, BLEND_ATTENTION_BIAS)
         self._encoders_frozen = False
 
     @property
@@ -117,7 +140,8 @@ class FusionNet(nn.Module):
         x = self.decoder3(torch.cat([x, f3], dim=1))
         x = self.decoder2(torch.cat([x, f2], dim=1))
         x = self.decoder1(torch.cat([x, f1], dim=1))
-        return self.medical_attention(self.final(x))
+        fused = self.final(x) if self.head == "design" else self.final(x, first, second)
+        return self.medical_attention(fused)
 
     def _check_inputs(self, first: torch.Tensor, second: torch.Tensor) -> None:
         """Shape checks in eager mode; skipped while tracing, exporting or compiling, where shapes
@@ -141,6 +165,34 @@ class FusionNet(nn.Module):
                 f"{names['first']} and {names['second']} must have the same batch size and H, W, "
                 f"got {tuple(first.shape)} and {tuple(second.shape)}"
             )
+
+
+class BlendHead(nn.Module):
+    """Full-resolution output head: ``fused = w·first + (1 − w)·second + r``, clamped to [0,1].
+
+    ``forward(features [N,32,H/2,W/2], first [N,3,H,W], second [N,1,H,W]) -> [N,3,H,W]``. The
+    decoder features are upsampled bilinearly and concatenated with both sources; two conv3×3 + BN +
+    ReLU layers and a conv1×1 give per-pixel, per-channel blend weights ``w = sigmoid(·)`` and a detail
+    term ``r = BLEND_RESIDUAL_RANGE · tanh(·)``. The last conv starts at zero, so an untrained head
+    outputs the mean of the sources; maximum-like selection (w → 0 or 1) and edge detail are learnt.
+    """
+
+    def __init__(self, channels: int = HEAD_CHANNELS, hidden: int = HEAD_HIDDEN) -> None:
+        super().__init__()
+        self.upsample = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
+        self.body = nn.Sequential(
+            *_conv_bn_relu(channels + 4, hidden),
+            *_conv_bn_relu(hidden, hidden),
+            nn.Conv2d(hidden, 6, 1),
+        )
+        nn.init.zeros_(self.body[-1].weight)
+        nn.init.zeros_(self.body[-1].bias)
+
+    def forward(self, features: torch.Tensor, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+        out = self.body(torch.cat([self.upsample(features), first, second], dim=1))
+        weight = torch.sigmoid(out[:, :3])
+        detail = BLEND_RESIDUAL_RANGE * torch.tanh(out[:, 3:])
+        return (weight * first + (1 - weight) * second + detail).clamp(0.0, 1.0)
 
 
 def parameter_group(name: str) -> ParameterGroup:

@@ -238,7 +238,7 @@ def _run(config: TrainConfig, options: RunOptions, ctx: DistContext, echo: Echo)
         echo(f"skipped: {problem}")
     echo(data.describe_split())
 
-    model = FusionNet(modalities=config.modalities, imagenet=config.imagenet)
+    model = FusionNet(modalities=config.modalities, imagenet=config.imagenet, head=config.head)
     if options.init is not None and resume_state is None:
         echo(init_from_checkpoint(model, options.init, config.modalities).summary())
     model.to(ctx.device)

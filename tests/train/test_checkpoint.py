@@ -99,6 +99,16 @@ def _write(path: Path, kind: str, model: FusionNet) -> Path:
     return path
 
 
+def test_blend_head_round_trips_and_keeps_its_outputs(workdir, real_batch):
+    torch.manual_seed(5)
+    net = FusionNet(imagenet=False, head="blend").eval()
+    path = save_checkpoint(workdir / "blend.pt", net, small_config(head="blend"), epoch=1, val_loss=1.0, run={})
+    loaded, config, _ = load_model(path)
+    assert config.head == "blend" and loaded.head == "blend"
+    with torch.no_grad():
+        assert torch.equal(net(*real_batch), loaded(*real_batch))
+
+
 @pytest.mark.parametrize(
     "kind, message",
     [

@@ -307,3 +307,48 @@ def test_exports_to_onnx_with_dynamic_batch(model: FusionNet) -> None:
     with torch.no_grad():
         eager = model(first, second).numpy()
     np.testing.assert_allclose(onnx_fused, eager, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def blend_model() -> FusionNet:
+    torch.manual_seed(0)
+    return FusionNet(imagenet=False, head="blend").eval()
+
+
+def test_untrained_blend_head_outputs_the_gated_mean_of_the_sources(blend_model: FusionNet) -> None:
+    first, second = _inputs(2, 64, 96)
+    with torch.no_grad():
+        fused = blend_model(first, second)
+    mean = (first + second) / 2
+    gate = torch.nn.Sequential(*blend_model.medical_attention)(mean)
+    assert torch.allclose(fused, mean * gate, atol=1e-6)
+    assert gate.min() > 0.8  # the gate starts almost open instead of halving the image
+
+
+def test_blend_head_can_pass_a_source_through_unchanged(blend_model: FusionNet) -> None:
+    """Saturated blend weights and no detail reproduce the first source exactly: the head has
+    full-resolution access to the sources, which the design's head lacks."""
+    net = FusionNet(imagenet=False, head="blend").eval()
+    last = net.final.body[-1]
+    with torch.no_grad():
+        last.bias[:3] = 50.0
+        net.medical_attention[2].bias.fill_(50.0)
+    first, second = _inputs(1, 64, 64, seed=3)
+    with torch.no_grad():
+        fused = net(first, second)
+    assert torch.allclose(fused, first, atol=1e-5)
+
+
+def test_blend_head_trains_its_head_and_keeps_the_parameter_groups() -> None:
+    net = FusionNet(imagenet=False, head="blend")
+    assert {parameter_group(name) for name, _ in net.named_parameters() if name.startswith("final.")} == {"decoder"}
+    first, second = _inputs(2, 64, 64)
+    loss, _ = FusionLoss()(net(first, second), first, second)
+    loss.backward()
+    assert net.final.body[-1].weight.grad.abs().sum() > 0
+    assert sum(p.numel() for p in net.parameters()) > EXPECTED_PARAMETERS
+
+
+def test_unknown_head_is_refused() -> None:
+    with pytest.raises(ValueError, match="head must be one of design, blend"):
+        FusionNet(imagenet=False, head="unet")

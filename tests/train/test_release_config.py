@@ -1,0 +1,39 @@
+"""The release recipe (configs/release/*.json) is valid and differs from the design only where the README says."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fuse_train.cli import build_config
+from fuse_train.config import LossWeights, TrainConfig
+
+RELEASE = Path(__file__).resolve().parents[2] / "configs" / "release"
+
+
+@pytest.mark.parametrize(("name", "task"), [("visir.json", "vis-ir"), ("ctmri.json", "ct-mri")])
+def test_release_configs_build_and_state_their_changes(name: str, task: str) -> None:
+    config = build_config(RELEASE / name, {})
+    design = TrainConfig()
+    assert config.task == task
+    assert config.head == "blend" and design.head == "design"
+    assert config.preprocess.clahe is False and design.preprocess.clahe is True
+    assert config.crop_size == 128 and config.imagenet is False
+    assert config.epochs * (config.preprocess.image_size // config.crop_size) ** 2 <= 4 * design.epochs
+    unchanged = ("batch_size", "weight_decay", "lr_scale_encoder", "lr_scale_fusion", "gradient_clip")
+    assert all(getattr(config, field) == getattr(design, field) for field in unchanged)
+
+
+def test_ctmri_release_raises_only_the_detail_weight() -> None:
+    loss = build_config(RELEASE / "ctmri.json", {}).loss
+    design = LossWeights()
+    assert loss.detail > design.detail
+    assert {k: v for k, v in vars(loss).items() if k != "detail"} == {
+        k: v for k, v in vars(design).items() if k != "detail"
+    }
+
+
+def test_command_line_overrides_the_release_file() -> None:
+    config = build_config(RELEASE / "ctmri.json", {"epochs": 3, "loss__detail": 5.0})
+    assert config.epochs == 3 and config.loss.detail == 5.0 and config.head == "blend"
