@@ -27,7 +27,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 from tqdm import tqdm
@@ -36,12 +36,20 @@ from fuse_runtime import writers
 from fuse_runtime.engines.base import Engine
 from fuse_runtime.errors import FuseError
 from fuse_runtime.pairing import Pair, PairProblem, find_pairs, load_pair
-from fuse_runtime.preprocess import PreparedPair, normalise_scan, prepare_pair, restore_geometry
+from fuse_runtime.preprocess import (
+    PreparedPair,
+    PreprocessConfig,
+    Restore,
+    normalise_scan,
+    prepare_pair,
+    restore_geometry,
+)
 from fuse_runtime.report import PairResult, RunReport, write_report
 from fuse_runtime.scan import Scan
 
-__all__ = ["FORMATS", "Job", "RunOptions", "check_folders", "ensure_writable", "pair_metrics", "plan_jobs", "run",
-           "safe_relative_name"]
+__all__ = ["FORMATS", "EngineSettings", "Job", "RunOptions", "RunPlan", "check_folders", "ensure_writable",
+           "finish_run", "infer_batch", "pair_metrics", "plan_jobs", "plan_run", "read_pair", "run",
+           "safe_relative_name", "write_pair"]
 
 OutputFormat = Literal["auto", "png", "nifti", "dicom"]
 FORMATS: tuple[str, ...] = ("auto", "png", "nifti", "dicom")
@@ -107,6 +115,34 @@ class Job:
     started: float = 0.0
 
 
+class EngineSettings(Protocol):
+    """What planning a run needs to know about the engine (an ``Engine`` has all of it)."""
+
+    modalities: tuple[str, str]
+    provider: str
+    notices: list[str]
+    batch_range: tuple[int, int]
+
+    @property
+    def description(self) -> str: ...
+
+
+@dataclass
+class RunPlan:
+    """A run decided before any pixel is read: the report so far, every result entry, the jobs to fuse.
+
+    ``results`` holds one PairResult per pair and per pairing problem (the jobs' own ``result``
+    objects, so filling a job's result fills the report); ``todo`` are the jobs neither skipped nor
+    refused; ``batch_size`` is the requested one clamped to the engine's batch range.
+    """
+
+    out_dir: Path
+    report: RunReport
+    results: list[PairResult]
+    todo: list[Job]
+    batch_size: int
+
+
 @dataclass(eq=False)
 class _Prepared:
     """A pair read and preprocessed, waiting for (or receiving) its fused slices."""
@@ -130,6 +166,18 @@ def run(engine: Engine, in_dir: str | Path, out_dir: str | Path, options: RunOpt
 
     Raises FuseError before any work when ``in_dir`` holds nothing recognisable or ``out_dir``
     cannot be written; everything that goes wrong with one pair is recorded in the report instead.
+    """
+    plan = plan_run(engine, in_dir, out_dir, options)
+    started = time.perf_counter()
+    _Runner(engine, plan.todo, options, plan.batch_size, started).run()
+    return finish_run(plan, time.perf_counter() - started)
+
+
+def plan_run(engine: EngineSettings, in_dir: str | Path, out_dir: str | Path, options: RunOptions) -> RunPlan:
+    """Everything before the first pixel: check the folders, find the pairs, plan outputs, skip finished ones.
+
+    Removes the hidden partial files an interrupted run left in ``out_dir``. Raises FuseError when
+    ``in_dir`` holds nothing recognisable or ``out_dir`` cannot be written.
     """
     in_dir, out_dir = Path(in_dir), Path(out_dir)
     check_folders(in_dir, out_dir)
@@ -162,12 +210,95 @@ def run(engine: Engine, in_dir: str | Path, out_dir: str | Path, options: RunOpt
             job.result.error = "output exists; pass --overwrite to replace it"
         else:
             todo.append(job)
-    started = time.perf_counter()
-    _Runner(engine, todo, options, batch_size, started).run()
-    report.wall_seconds = time.perf_counter() - started
-    report.pairs = sorted(results, key=lambda r: r.name)
-    write_report(out_dir, report)
+    return RunPlan(out_dir, report, results, todo, batch_size)
+
+
+def finish_run(plan: RunPlan, wall_seconds: float) -> RunReport:
+    """Put the results in name order, write ``OUT/report.json`` and return the report."""
+    report = plan.report
+    report.wall_seconds = wall_seconds
+    report.pairs = sorted(plan.results, key=lambda r: r.name)
+    write_report(plan.out_dir, report)
     return report
+
+
+def read_pair(
+    pair: Pair, config: PreprocessConfig, native: bool
+) -> tuple[Scan, PreparedPair, tuple[np.ndarray, np.ndarray] | None]:
+    """Read and preprocess one pair with the engine's ``config``.
+
+    Returns the CT scan, the model inputs, and (when ``native``) both normalised scans at their own
+    size, ``[S,H,W]`` in [0,1], for metrics and previews. Raises FuseError for anything that goes
+    wrong, its message naming both files.
+    """
+    try:
+        ct, mri = load_pair(pair)
+        prepared = prepare_pair(ct, mri, pair.roles, config)
+        normalised = None
+        if native:
+            normalised = (normalise_scan(ct, pair.roles[0], config), normalise_scan(mri, pair.roles[1], config))
+    except FuseError:
+        raise
+    except Exception as error:  # one bad pair must not stop the others
+        raise FuseError(
+            f"cannot read or preprocess {pair.first} + {pair.second}: {type(error).__name__}: {error}"
+        ) from None
+    return ct, prepared, normalised
+
+
+def infer_batch(engine: Engine, ct: np.ndarray, mri: np.ndarray) -> np.ndarray:
+    """Run one batch ``ct [N,3,H,W]``, ``mri [N,1,H,W]`` → fused ``[N,3,H,W]``.
+
+    A batch below the engine's minimum (a fixed-batch engine) is padded with blank slices whose
+    results are dropped. Raises FuseError for any engine failure.
+    """
+    count, low = len(ct), engine.batch_range[0]
+    if count < low:
+        ct = np.concatenate([ct, np.zeros((low - count, *ct.shape[1:]), np.float32)])
+        mri = np.concatenate([mri, np.zeros((low - count, *mri.shape[1:]), np.float32)])
+    try:
+        return engine.infer(ct, mri)[:count]
+    except FuseError:
+        raise
+    except Exception as error:  # a backend failure must not stop the other pairs
+        raise FuseError(f"the engine failed on this batch: {type(error).__name__}: {error}") from None
+
+
+def write_pair(
+    job: Job,
+    ct: Scan,
+    restore: Restore,
+    native: tuple[np.ndarray, np.ndarray] | None,
+    fused: np.ndarray,
+    options: RunOptions,
+    engine_description: str,
+) -> None:
+    """Restore ``fused`` ``[S,3,size,size]`` in [0,1] to the CT's grid, write it (and the preview, metrics).
+
+    Fills ``job.result``: status ``ok`` with its outputs, or ``failed`` with the error; a failure
+    never escapes. ``ct`` needs only its geometry and metadata (``pixels`` may be a stand-in of the
+    right shape).
+    """
+    result = job.result
+    try:
+        images = writers.to_display(restore_geometry(fused, restore), gray=options.gray)
+        _write_output(job, images, ct, engine_description)
+        result.outputs = [str(job.output)]
+        if native is not None:
+            ct_native, mri_native = native
+            if options.preview and job.preview is not None:
+                middle = len(images) // 2
+                writers.write_preview(job.preview, ct_native[middle], mri_native[middle], images[middle])
+                result.outputs.append(str(job.preview))
+            if options.metrics:
+                result.metrics = pair_metrics(ct_native, mri_native, images)
+        result.status = "ok"
+    except FuseError as error:
+        result.status, result.error = "failed", str(error)
+    except Exception as error:  # one bad pair must not stop the others
+        result.status = "failed"
+        result.error = f"cannot write {job.output}: {type(error).__name__}: {error}"
+    result.slices = fused.shape[0]
 
 
 def plan_jobs(pairs: list[Pair], out_dir: Path, options: RunOptions) -> list[Job]:
@@ -308,18 +439,10 @@ class _Runner:
 
     def _prepare(self, job: Job) -> _Prepared | _Failed:
         try:
-            ct, mri = load_pair(job.pair)
-            config = self.engine.preprocess
-            prepared = prepare_pair(ct, mri, job.pair.roles, config)
-            native = None
-            if self.options.metrics or self.options.preview:
-                native = (normalise_scan(ct, job.pair.roles[0], config), normalise_scan(mri, job.pair.roles[1], config))
+            native_wanted = self.options.metrics or self.options.preview
+            ct, prepared, native = read_pair(job.pair, self.engine.preprocess, native_wanted)
         except FuseError as error:
             return _Failed(job, str(error))
-        except Exception as error:  # one bad pair must not stop the others
-            return _Failed(
-                job, f"cannot read or preprocess {job.pair.first} + {job.pair.second}: {type(error).__name__}: {error}"
-            )
         slices = prepared.first.shape[0]
         size = prepared.first.shape[-1]
         fused = np.empty((slices, 3, size, size), dtype=np.float32)
@@ -355,18 +478,11 @@ class _Runner:
     def _run_batch(self, batch: list[tuple[_Prepared, int]]) -> None:
         ct = np.stack([item.prepared.first[s] for item, s in batch])
         mri = np.stack([item.prepared.second[s] for item, s in batch])
-        low = self.engine.batch_range[0]
-        if len(batch) < low:  # a fixed-batch engine: pad with blank slices, drop their results
-            ct = np.concatenate([ct, np.zeros((low - len(batch), *ct.shape[1:]), np.float32)])
-            mri = np.concatenate([mri, np.zeros((low - len(batch), *mri.shape[1:]), np.float32)])
         items = list(dict.fromkeys(item for item, _ in batch))
         try:
-            fused = self.engine.infer(ct, mri)
+            fused = infer_batch(self.engine, ct, mri)
         except FuseError as error:
             self._fail_all(items, str(error))
-            return
-        except Exception as error:  # a backend failure must not stop the other pairs
-            self._fail_all(items, f"the engine failed on this batch: {type(error).__name__}: {error}")
             return
         for (item, s), out in zip(batch, fused):
             if item.remaining <= 0:
@@ -401,32 +517,10 @@ class _Runner:
             if isinstance(item, _Failed):
                 result.status, result.error = "failed", item.error
             else:
-                try:
-                    self._finish(item)
-                    result.status = "ok"
-                except FuseError as error:
-                    result.status, result.error = "failed", str(error)
-                except Exception as error:  # one bad pair must not stop the others
-                    result.status = "failed"
-                    result.error = f"cannot write {item.job.output}: {type(error).__name__}: {error}"
-                result.slices = item.prepared.first.shape[0]
+                write_pair(item.job, item.ct, item.prepared.restore, item.native, item.fused, self.options,
+                           self.engine.description)
             result.seconds = round(time.perf_counter() - item.job.started, 4)
             self.pairs_done += 1
-
-    def _finish(self, item: _Prepared) -> None:
-        job, options = item.job, self.options
-        restored = restore_geometry(item.fused, item.prepared.restore)
-        images = writers.to_display(restored, gray=options.gray)
-        _write_output(job, images, item.ct, self.engine.description)
-        job.result.outputs = [str(job.output)]
-        if item.native is not None:
-            ct_native, mri_native = item.native
-            if options.preview and job.preview is not None:
-                middle = len(images) // 2
-                writers.write_preview(job.preview, ct_native[middle], mri_native[middle], images[middle])
-                job.result.outputs.append(str(job.preview))
-            if options.metrics:
-                job.result.metrics = pair_metrics(ct_native, mri_native, images)
 
     def _put(self, target: queue.Queue, item: Any) -> None:
         """``put`` that gives up when the run is stopping (so no thread blocks forever)."""
