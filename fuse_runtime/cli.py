@@ -2,7 +2,10 @@
 
 Exit status: 0 when every pair was fused or skipped, 1 when any pair failed (each is named in the
 output and in OUT/report.json), 2 for a usage error (bad option, missing or unusable engine, input
-folder missing, output folder not writable), 130 when interrupted.
+folder missing, output folder not writable, Ray missing or unreachable), 130 when interrupted.
+
+``--ray`` runs the same work on a Ray cluster (``fuse_runtime.distributed``, the ``fuse[distributed]``
+extra); Ray is imported only then.
 """
 
 from __future__ import annotations
@@ -12,7 +15,9 @@ from pathlib import Path
 
 import click
 
+from fuse_runtime.distributed import EngineInfo, RayOptions, run_on_ray
 from fuse_runtime.engines import PROVIDER_CHOICES, open_engine
+from fuse_runtime.engines.base import Engine
 from fuse_runtime.errors import FuseError
 from fuse_runtime.pipeline import FORMATS, RunOptions, run
 from fuse_runtime.report import REPORT_NAME
@@ -20,6 +25,8 @@ from fuse_runtime.report import REPORT_NAME
 EXIT_FAILED_PAIRS = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+#: What a bare ``--ray`` stands for: the Ray running on this machine, else a new local one.
+RAY_LOCAL = "local"
 _DEFAULTS = RunOptions()
 
 
@@ -51,11 +58,13 @@ _DEFAULTS = RunOptions()
 )
 @click.option(
     "--workers", type=click.IntRange(min=1), default=_DEFAULTS.workers, show_default=True,
-    help="Threads reading and preprocessing pairs while the engine runs.",
+    help="Threads reading and preprocessing pairs while the engine runs (local runs; with --ray, Ray runs "
+    "one read task per pair).",
 )
 @click.option(
     "--threads", type=click.IntRange(min=1), default=None,
-    help="CPU threads ONNX Runtime uses inside one engine call [default: ONNX Runtime's, one per core].",
+    help="CPU threads ONNX Runtime uses inside one engine call [default: ONNX Runtime's, one per core]. With "
+    "--ray on a cluster without GPUs: threads (and CPUs reserved) per inference actor [default: 1].",
 )
 @click.option(
     "--provider", type=click.Choice(PROVIDER_CHOICES), default="auto", show_default=True,
@@ -71,6 +80,13 @@ _DEFAULTS = RunOptions()
 @click.option("--preview", is_flag=True, help="Also write CT | MRI | fused side-by-side PNGs under OUT/preview/.")
 @click.option("--gray", is_flag=True, help="Write 8-bit gray (BT.601 luminance of the fused RGB) instead of RGB.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option(
+    "--ray", "ray_address", is_flag=False, flag_value=RAY_LOCAL, default=None, metavar="[ADDRESS]",
+    help="Run on a Ray cluster with Ray Data (needs the fuse[distributed] extra): same outputs and report. "
+    "--ray alone: the Ray running on this machine, else a new local one; --ray auto: the cluster this machine "
+    "joined with `ray start`; --ray HOST:PORT (head node) or ray://HOST:10001 (Ray Client). Every node must see "
+    "--engine, --in and --out at the same paths. [default: no Ray, run here]",
+)
 def main(
     engine_path: Path,
     in_dir: Path,
@@ -85,6 +101,7 @@ def main(
     preview: bool,
     gray: bool,
     quiet: bool,
+    ray_address: str | None,
 ) -> None:
     """Fuse every CT/MRI pair under --in with an exported model and write the results to --out.
 
@@ -102,19 +119,30 @@ def main(
         gray=gray,
         progress=not quiet,
     )
+    engine_notices: list[str] = []
+
+    def announce(engine: Engine | EngineInfo) -> None:
+        engine_notices.extend(engine.notices)
+        for notice in engine.notices:
+            click.echo(f"fuse-run: note: {notice}", err=True)
+        click.echo(f"fuse-run: {engine.description}", err=True)
+
     try:
-        with open_engine(engine_path, provider=provider, threads=threads) as engine:
-            for notice in engine.notices:
-                click.echo(f"fuse-run: note: {notice}", err=True)
-            click.echo(f"fuse-run: {engine.description}", err=True)
-            report = run(engine, in_dir, out_dir, options)
+        if ray_address is not None:
+            address = None if ray_address == RAY_LOCAL else ray_address
+            ray_options = RayOptions(address=address, provider=provider, threads=threads)
+            report = run_on_ray(engine_path, in_dir, out_dir, options, ray_options, on_engine=announce)
+        else:
+            with open_engine(engine_path, provider=provider, threads=threads) as engine:
+                announce(engine)
+                report = run(engine, in_dir, out_dir, options)
     except FuseError as error:
         click.echo(f"fuse-run: error: {error}", err=True)
         sys.exit(EXIT_USAGE)
     except KeyboardInterrupt:
         click.echo("fuse-run: interrupted; finished outputs are kept, re-run to resume", err=True)
         sys.exit(EXIT_INTERRUPTED)
-    for notice in report.notices[len(engine.notices):]:
+    for notice in report.notices[len(engine_notices):]:
         click.echo(f"fuse-run: note: {notice}", err=True)
     for result in report.pairs:
         if result.status == "failed":
