@@ -19,7 +19,7 @@ def test_release_configs_build_and_state_their_changes(name: str, task: str) -> 
     assert config.task == task
     assert config.head == "blend" and design.head == "design"
     assert config.preprocess.clahe is False and design.preprocess.clahe is True
-    assert config.crop_size == 128 and config.imagenet is False
+    assert config.crop_size == 96 and config.imagenet is False
     assert config.epochs * (config.preprocess.image_size // config.crop_size) ** 2 <= 4 * design.epochs
     unchanged = ("batch_size", "weight_decay", "lr_scale_encoder", "lr_scale_fusion", "gradient_clip")
     assert all(getattr(config, field) == getattr(design, field) for field in unchanged)
