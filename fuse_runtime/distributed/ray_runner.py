@@ -102,7 +102,7 @@ class RayOptions:
         ``"ray://HOST:10001"`` (Ray Client). A Ray already initialised in this process is used as it is.
     provider: ONNX Runtime provider of every actor's engine (``auto``: CUDA where the actor has a GPU).
     threads: CPU threads of each inference actor's engine, and the CPUs it reserves, on a cluster
-        without GPUs (None: 1). On a GPU cluster each actor takes one GPU and one CPU.
+        without GPUs or with ``provider="cpu"`` (None: 1). Otherwise each actor takes one GPU and one CPU.
     actors: most inference actors (None: one per GPU, else half the cluster's CPUs / ``threads``, at
         least 1); the pool starts with one and grows while slices wait.
     writes_in_flight: write tasks submitted and not yet finished (None: the cluster's CPUs, at least 2).
@@ -167,8 +167,8 @@ def run_on_ray(
 ) -> RunReport:
     """Fuse every pair under ``in_dir`` into ``out_dir`` on a Ray cluster; write ``out_dir/report.json``.
 
-    Same outputs, report, resume and failure handling as ``pipeline.run`` (see the module docstring).
-    ``options.workers`` and ``options.queue_pairs`` are the local runner's and are not used: Ray
+    Same outputs, report, resume and failure handling as ``pipeline.run`` (see the module docstring);
+    the three paths are made absolute first, so the report names absolute paths. ``options.workers`` and ``options.queue_pairs`` are the local runner's and are not used: Ray
     schedules one read task per pair under its own backpressure. ``on_engine`` is called with the
     engine's description and notices once it has been opened on a worker, before any pair is read.
 
@@ -178,7 +178,8 @@ def run_on_ray(
     """
     for name, path in (("--engine", engine_path), ("--in", in_dir), ("--out", out_dir)):
         _refuse_url(name, path)
-    engine_path, in_dir, out_dir = Path(engine_path), Path(in_dir), Path(out_dir)
+    # Absolute: workers do not share the driver's working directory.
+    engine_path, in_dir, out_dir = (Path(p).absolute() for p in (engine_path, in_dir, out_dir))
     if not engine_path.is_file():
         raise FuseError("engine file not found; pass the model.onnx or model.plan written by fuse-export", engine_path)
     check_folders(in_dir, out_dir)
@@ -273,7 +274,7 @@ def _connected(ray: ModuleType, address: str | None) -> Iterator[_Cluster]:
 
 
 def _actor_plan(cluster: _Cluster, options: RayOptions) -> _ActorPlan:
-    if cluster.gpus >= 1:
+    if cluster.gpus >= 1 and options.provider != "cpu":
         return _ActorPlan({"num_cpus": 1.0, "num_gpus": 1.0}, options.threads, options.actors or int(cluster.gpus))
     threads = options.threads or 1
     if threads > cluster.largest_node_cpus:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -189,15 +190,17 @@ def test_bad_pairs_fail_alone_with_the_local_runners_messages(
     assert _comparable(tmp_path / "ray") == _comparable(tmp_path / "local")
 
 
-def test_cli_with_ray_exits_1_when_a_pair_fails_and_names_it(exported: Path, bad_scans: Path, tmp_path: Path,
-                                                              ray_cluster: None) -> None:
+def test_cli_with_ray_takes_relative_paths_and_exits_1_when_a_pair_fails(
+    ray_cluster: None, exported: Path, bad_scans: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # not the workers' working directory: paths must reach them absolute
+    engine = os.path.relpath(exported, tmp_path)
     result = CliRunner().invoke(
-        main, ["--engine", str(exported), "--in", str(bad_scans / "nan_case"), "--out", str(tmp_path / "o"),
-               "--ray", "--quiet"],
-        catch_exceptions=False,
+        main, ["--engine", engine, "--in", "bad_in/slices", "--out", "o", "--ray", "--quiet"], catch_exceptions=False
     )
     assert result.exit_code == 1
-    assert "failed: nan_case:" in result.stderr and "NaN" in result.stderr and "Traceback" not in result.stderr
+    assert "failed: constant:" in result.stderr and "Traceback" not in result.stderr
+    assert "fused 2 pair(s)" in result.stdout and (tmp_path / "o" / "11.png").is_file()
 
 
 @pytest.mark.parametrize(
