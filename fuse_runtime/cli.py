@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 
 from fuse_runtime.distributed import EngineInfo, RayOptions, run_on_ray
-from fuse_runtime.engines import PROVIDER_CHOICES, open_engine
+from fuse_runtime.engines import BACKEND_CHOICES, PROVIDER_CHOICES, open_engine
 from fuse_runtime.engines.base import Engine
 from fuse_runtime.errors import FuseError
 from fuse_runtime.pipeline import FORMATS, RunOptions, run
@@ -71,6 +71,12 @@ _DEFAULTS = RunOptions()
     help="ONNX Runtime execution provider for .onnx (auto: CUDA when available, else CPU). A missing "
     "provider falls back to the CPU with a notice. A .plan always runs on TensorRT.",
 )
+@click.option(
+    "--backend", type=click.Choice(BACKEND_CHOICES), default="auto", show_default=True,
+    help="Inference library. auto: ONNX Runtime for .onnx, TensorRT for .plan. openvino: OpenVINO on the CPU "
+    "(pip install 'fuse[openvino]'; bf16 where the CPU has AVX512-BF16/AMX, else f32, said in a note; reads "
+    "model.onnx or model.int8.onnx). onnxruntime / tensorrt: force that library.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs [default: skip them, so a re-run resumes].")
 @click.option(
     "--metrics", is_flag=True,
@@ -96,6 +102,7 @@ def main(
     workers: int,
     threads: int | None,
     provider: str,
+    backend: str,
     overwrite: bool,
     metrics: bool,
     preview: bool,
@@ -128,12 +135,14 @@ def main(
         click.echo(f"fuse-run: {engine.description}", err=True)
 
     try:
+        if ray_address is not None and backend != "auto":
+            raise FuseError(f"--backend {backend} is not available with --ray yet; drop --backend (workers use auto)")
         if ray_address is not None:
             address = None if ray_address == RAY_LOCAL else ray_address
             ray_options = RayOptions(address=address, provider=provider, threads=threads)
             report = run_on_ray(engine_path, in_dir, out_dir, options, ray_options, on_engine=announce)
         else:
-            with open_engine(engine_path, provider=provider, threads=threads) as engine:
+            with open_engine(engine_path, provider=provider, threads=threads, backend=backend) as engine:
                 announce(engine)
                 report = run(engine, in_dir, out_dir, options)
     except FuseError as error:

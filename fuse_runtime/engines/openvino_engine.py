@@ -1,0 +1,225 @@
+"""OpenVINO engine for ``model.onnx`` (or the INT8 ``model.int8.onnx``) on the CPU, bf16 where native.
+
+OpenVINO reads the ONNX file written by fuse-export directly (no conversion step, no extra
+artifact), including the QDQ INT8 graph, whose QuantizeLinear/DequantizeLinear pairs it fuses into
+its own integer kernels. ``openvino`` is an optional extra (``pip install 'fuse[openvino]'``) and is
+imported only when this engine is opened.
+
+Precision: OpenVINO's CPU plugin computes in bf16 when asked through ``INFERENCE_PRECISION_HINT``
+(and by default on CPUs with AMX). fuse asks for bf16 only where the CPU computes it natively
+(``avx512_bf16`` or ``amx_bf16`` among the /proc/cpuinfo flags, and OpenVINO lists BF16 in the
+device's ``OPTIMIZATION_CAPABILITIES``); everywhere else it asks for f32 explicitly, so the output
+matches ONNX Runtime's FP32 within float rounding. ``notices`` says which was chosen and why.
+bf16 keeps an 8-bit mantissa: expect differences of the order of 1e-2 to FP32 where it is used.
+
+Threads: ``INFERENCE_NUM_THREADS`` = ``threads`` (None: OpenVINO's default, one per physical core),
+one inference stream with the latency hint, so each ``infer`` call uses every thread, the way
+fuse-run calls engines (one batch at a time while worker threads read the next).
+
+Batch: the graph's batch axis stays dynamic; OpenVINO compiles the model once and runs any N.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from fuse_runtime.engines.base import (
+    REEXPORT_HINT,
+    UNBOUNDED_BATCH,
+    Engine,
+    check_image_size,
+    find_manifest,
+    modalities_from_metadata,
+    preprocess_from_metadata,
+)
+from fuse_runtime.errors import FuseError
+from fuse_runtime.manifest import INPUT_FIRST, INPUT_SECOND, META_PREPROCESS, OUTPUT
+from fuse_runtime.preprocess import PreprocessConfig
+
+Precision = Literal["auto", "f32", "bf16"]
+PRECISIONS = ("auto", "f32", "bf16")
+NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+"""x86 /proc/cpuinfo flags of CPUs that compute bf16 natively (AMX-BF16, AVX512-BF16)."""
+CPUINFO = Path("/proc/cpuinfo")
+DEVICE = "CPU"
+INSTALL_HINT = "install it with pip install 'fuse[openvino]', or use --backend onnxruntime"
+
+
+def native_bf16(cpuinfo: str | Path = CPUINFO) -> tuple[bool, str]:
+    """Whether the CPU described by ``cpuinfo`` (a path or its text) has native bf16, and why.
+
+    Reads the ``flags`` lines; a missing or unreadable file counts as no native bf16.
+    """
+    try:
+        text = cpuinfo if isinstance(cpuinfo, str) and "\n" in cpuinfo else Path(cpuinfo).read_text()
+    except OSError:
+        return False, f"cannot read {cpuinfo} to look for native bf16 (AVX512-BF16/AMX)"
+    flags: set[str] = set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            flags.update(value.split())
+    found = [flag for flag in NATIVE_BF16_FLAGS if flag in flags]
+    if found:
+        return True, f"this CPU has native bf16 ({', '.join(found)})"
+    return False, "this CPU has no native bf16 (AVX512-BF16/AMX)"
+
+
+class OpenVinoEngine(Engine):
+    """Runs an exported ONNX model with OpenVINO on the CPU.
+
+    threads: inference threads (None: OpenVINO's default, one per physical core).
+    precision: ``auto`` (bf16 where native, else f32), ``f32``, or ``bf16`` (used only where native;
+        elsewhere f32 with a notice, since OpenVINO would emulate it far slower than f32).
+    cpuinfo: where the CPU flags are read (a path or the text itself; tests pass other CPUs' flags).
+    """
+
+    backend = "openvino"
+
+    def __init__(
+        self,
+        path: str | Path,
+        threads: int | None = None,
+        precision: Precision = "auto",
+        cpuinfo: str | Path = CPUINFO,
+    ) -> None:
+        self.path = Path(path)
+        self.notices = []
+        self.provider = "cpu"
+        if precision not in PRECISIONS:
+            raise FuseError(f"unknown OpenVINO precision {precision!r}; use one of {', '.join(PRECISIONS)}", self.path)
+        if threads is not None and threads < 1:
+            raise FuseError(f"threads must be >= 1, got {threads}", self.path)
+        self._ov = _import_openvino(self.path)
+        core = self._ov.Core()
+        try:
+            model = core.read_model(str(self.path))
+        except Exception as error:  # OpenVINO raises RuntimeError subclasses for bad files
+            raise FuseError(f"OpenVINO cannot read the model ({_first_line(error)}); {REEXPORT_HINT}", self.path) from None
+        self._check_signature(model)
+        self.preprocess, self.image_size = self._read_preprocess(model)
+        self.batch_range = self._batch_range(model)
+        self.precision = self._choose_precision(core, precision, cpuinfo)
+        config: dict[str, Any] = {
+            "INFERENCE_PRECISION_HINT": self.precision,
+            "PERFORMANCE_HINT": "LATENCY",
+            "NUM_STREAMS": 1,
+        }
+        if threads is not None:
+            config["INFERENCE_NUM_THREADS"] = threads
+        try:
+            self._compiled = core.compile_model(model, DEVICE, config)
+        except Exception as error:
+            raise FuseError(f"OpenVINO cannot compile the model for the CPU ({_first_line(error)})", self.path) from None
+        self._request = self._compiled.create_infer_request()
+        self._output = self._compiled.output(OUTPUT)
+
+    @property
+    def description(self) -> str:
+        low, high = self.batch_range
+        high_text = "any" if high == UNBOUNDED_BATCH else str(high)
+        return (
+            f"OpenVINO {_short_version(self._ov.__version__)} (cpu, {self.precision}) {self.path.name}: "
+            f"{self.image_size}x{self.image_size}, batch {low}..{high_text}"
+        )
+
+    def _run(self, ct: np.ndarray, mri: np.ndarray) -> np.ndarray:
+        if self._request is None:
+            raise FuseError("the engine was closed; open it again with open_engine", self.path)
+        results = self._request.infer({INPUT_FIRST: ct, INPUT_SECOND: mri})
+        return np.array(results[self._output], dtype=np.float32, copy=True)
+
+    def close(self) -> None:
+        """Drop the compiled model and its request; the engine cannot run afterwards."""
+        self._request = None
+        self._compiled = None
+
+    def _choose_precision(self, core: Any, requested: str, cpuinfo: str | Path) -> str:
+        native, reason = native_bf16(cpuinfo)
+        offered = "BF16" in core.get_property(DEVICE, "OPTIMIZATION_CAPABILITIES")
+        if native and not offered:
+            native, reason = False, f"{reason}, but OpenVINO {_short_version(self._ov.__version__)} does not offer bf16 on it"
+        if requested == "f32":
+            chosen, why = "f32", "f32 requested"
+        elif native:
+            chosen, why = "bf16", f"{reason}; outputs differ from fp32 by bf16 rounding (8-bit mantissa)"
+        else:
+            chosen, why = "f32", reason if requested == "auto" else f"bf16 requested but {reason}"
+        self.notices.append(f"OpenVINO CPU, {chosen}: {why}")
+        return chosen
+
+    def _check_signature(self, model: Any) -> None:
+        inputs = {name: port for port in model.inputs for name in port.get_names()}
+        outputs = {name for port in model.outputs for name in port.get_names()}
+        for name, channels in ((INPUT_FIRST, 3), (INPUT_SECOND, 1)):
+            port = inputs.get(name)
+            shape = port.get_partial_shape() if port is not None else None
+            if shape is None or shape.rank.get_length() != 4 or shape[1].get_length() != channels:
+                raise FuseError(
+                    f"the model must take input {name!r} shaped [N,{channels},H,W] "
+                    f"(found inputs {sorted(inputs)}); {REEXPORT_HINT}",
+                    self.path,
+                )
+        if OUTPUT not in outputs:
+            raise FuseError(f"the model has no output {OUTPUT!r} (found {sorted(outputs)}); {REEXPORT_HINT}", self.path)
+
+    def _read_preprocess(self, model: Any) -> tuple[PreprocessConfig, int]:
+        """Preprocessing from manifest.json beside the model, else the ONNX metadata (which OpenVINO
+        exposes as the model's ``framework`` runtime info); both must agree when both are there."""
+        metadata = _onnx_metadata(model)
+        shape = _input_port(model, INPUT_FIRST).get_partial_shape()
+        static_hw = tuple(shape[i].get_length() if shape[i].is_static else None for i in (2, 3))
+        manifest = find_manifest(self.path)
+        if manifest is None:
+            config, size = preprocess_from_metadata(self.path, metadata)
+            self.modalities = modalities_from_metadata(self.path, metadata)
+        else:
+            config, size = manifest.preprocess, manifest.image_size
+            self.modalities = tuple(manifest.modalities)
+            if META_PREPROCESS in metadata and preprocess_from_metadata(self.path, metadata)[0] != config:
+                raise FuseError(
+                    "manifest.json beside the model and the model's own metadata disagree about "
+                    f"preprocessing, so the manifest may belong to another model; {REEXPORT_HINT}",
+                    self.path,
+                )
+        return config, check_image_size(self.path, size, config, static_hw)
+
+    def _batch_range(self, model: Any) -> tuple[int, int]:
+        batch = _input_port(model, INPUT_FIRST).get_partial_shape()[0]
+        if batch.is_static:
+            return (batch.get_length(), batch.get_length())
+        return (1, UNBOUNDED_BATCH)
+
+
+def _input_port(model: Any, name: str) -> Any:
+    return next(port for port in model.inputs if name in port.get_names())
+
+
+def _onnx_metadata(model: Any) -> dict[str, str]:
+    """The ONNX ``metadata_props`` as OpenVINO keeps them (rt_info ``framework``)."""
+    info = model.get_rt_info()
+    if "framework" not in info:
+        return {}
+    framework = info["framework"]
+    return {str(key): framework[key].astype(str) for key in framework.keys()}
+
+
+def _import_openvino(path: Path) -> Any:
+    try:
+        import openvino
+    except ImportError:
+        raise FuseError(f"the OpenVINO backend needs the openvino package, which is not installed; {INSTALL_HINT}", path) from None
+    return openvino
+
+
+def _short_version(version: str) -> str:
+    """``"2026.4.1-22982-e213a14-releases/2026/4"`` → ``"2026.4.1"``."""
+    return version.split("-", 1)[0]
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
