@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from fuse_export.config import MAX_OPSET, MIN_OPSET, ExportConfig
+from fuse_export.int8 import CALIBRATION_METHODS, Int8Config, check_calibration_dir, export_int8, remove_stale_int8
 from fuse_export.pipeline import run_export
 from fuse_runtime.errors import FuseError
 
@@ -67,6 +68,21 @@ def _batch(value: str) -> tuple[int, int, int]:
               help="Skip onnxslim (by default its graph is kept only when outputs stay bit-identical).")
 @click.option("--overwrite", is_flag=True,
               help="Replace artifacts of an earlier export in --out instead of refusing.")
+@click.option("--int8", is_flag=True,
+              help="Also write model.int8.onnx for CPUs: static INT8 quantisation of model.onnx (QDQ, uint8 "
+                   "activations, int8 per-channel weights; attention gates, output sigmoids and stems kept in "
+                   "float), calibrated on --calibration-data, with parity.int8.json comparing it with model.onnx "
+                   "on the --parity-data pairs (all of them, up to 21). Needs --calibration-data.")
+@click.option("--calibration-data", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="With --int8: folder of registered TRAINING CT/MRI pairs to calibrate on (e.g. "
+                   "../shared/data/harvard/ct-mri-train), preprocessed with the model's own settings; the "
+                   "parity folder itself is refused.")
+@click.option("--calibration-pairs", type=click.IntRange(min=1), default=Int8Config.calibration_pairs,
+              show_default=True, help="With --int8: how many calibration pairs (spread evenly by name).")
+@click.option("--calibration-method", type=click.Choice(tuple(CALIBRATION_METHODS)),
+              default=Int8Config.calibration_method, show_default=True,
+              help="With --int8: how activation ranges are chosen (percentile: 99.999th percentile of each "
+                   "tensor's histogram; minmax: observed extremes; entropy: KL-divergence threshold).")
 def main(
     checkpoint: Path,
     out_dir: Path,
@@ -81,6 +97,10 @@ def main(
     timing_cache: Path | None,
     no_simplify: bool,
     overwrite: bool,
+    int8: bool,
+    calibration_data: Path | None,
+    calibration_pairs: int,
+    calibration_method: str,
 ) -> None:
     """Export a CT–MRI fusion checkpoint to ONNX (and with --fp16 a TensorRT FP16 engine), check
     every artifact against PyTorch on real pairs, and write manifest.json for fuse-run.
@@ -104,14 +124,23 @@ def main(
                 parity_pairs=parity_pairs,
                 overwrite=overwrite,
             )
+            int8_config = Int8Config(calibration_method=calibration_method, calibration_pairs=calibration_pairs)
         except ValueError as error:
             raise FuseError(str(error)) from None
+        _check_int8_options(int8, calibration_data, parity_data)
         result = run_export(checkpoint, out_dir, config, log=click.echo)
+        if int8:
+            int8_result = export_int8(out_dir, calibration_data, int8_config, parity_data, log=click.echo)
+        elif overwrite:
+            for name in remove_stale_int8(out_dir):
+                click.echo(f"  removed {name} left by an earlier export (it no longer matches model.onnx)")
     except FuseError as error:
         click.echo(f"fuse-export: error: {error}", err=True)
         sys.exit(EXIT_USER_ERROR)
 
     click.echo(result.table)
+    if int8:
+        click.echo(int8_result.table)
     for failure in result.failures:
         click.echo(f"fuse-export: parity failed: {failure}", err=True)
     if not result.parity_passed:
@@ -126,6 +155,19 @@ def main(
         )
         sys.exit(EXIT_NO_ENGINE)
     sys.exit(EXIT_OK)
+
+
+def _check_int8_options(int8: bool, calibration_data: Path | None, parity_data: Path | None) -> None:
+    """Refuse INT8 options that cannot work, before anything is exported."""
+    if int8 and calibration_data is None:
+        raise FuseError(
+            "--int8 needs --calibration-data DIR: a folder of registered training CT/MRI pairs to calibrate "
+            "the INT8 ranges on (e.g. ../shared/data/harvard/ct-mri-train)"
+        )
+    if not int8 and calibration_data is not None:
+        raise FuseError("--calibration-data is used only with --int8; add --int8 or drop --calibration-data")
+    if int8:
+        check_calibration_dir(calibration_data, parity_data)
 
 
 def _same_command() -> str:

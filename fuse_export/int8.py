@@ -87,6 +87,7 @@ CALIBRATION_METHODS: dict[str, CalibrationMethod] = {
 }
 #: Ops that only reshape a gate on its way to the multiply it feeds.
 _GATE_PASSTHROUGH = ("Unsqueeze", "Reshape", "Flatten", "Expand")
+_CALIBRATION_HINT = "; give --calibration-data a folder of registered training CT/MRI pairs"
 
 Log = Callable[[str], None]
 
@@ -261,7 +262,10 @@ def load_calibration(
     Returns the pair names, ``ct`` float32 [N,3,S,S] and ``mri`` [N,1,S,S] in [0,1] (a volume
     contributes its middle slice). Pairs that cannot be read are skipped; FuseError when none can.
     """
-    report = find_pairs(directory, task="ct-mri")
+    try:
+        report = find_pairs(directory, task="ct-mri")
+    except FuseError as error:
+        raise FuseError(f"no usable CT/MRI pair to calibrate INT8 with ({error.reason}){_CALIBRATION_HINT}", directory) from None
     problems = [str(p) for p in report.problems]
     order = np.unique(np.linspace(0, len(report.pairs) - 1, min(count, len(report.pairs))).round().astype(int))
     names, cts, mris = [], [], []
@@ -278,11 +282,7 @@ def load_calibration(
         mris.append(prepared.second[middle])
     if not names:
         found = "; ".join(problems[:3]) or "no CT/ + MRI/ folders, DICOM series or NIfTI cases found"
-        raise FuseError(
-            f"no usable CT/MRI pair to calibrate INT8 with ({found}); give --calibration-data a folder of "
-            "registered training pairs",
-            directory,
-        )
+        raise FuseError(f"no usable CT/MRI pair to calibrate INT8 with ({found}){_CALIBRATION_HINT}", directory)
     return names, np.stack(cts), np.stack(mris)
 
 
