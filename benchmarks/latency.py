@@ -11,7 +11,8 @@ Backends, each measured in a fresh process so its peak resident memory is its ow
 * ``pytorch-eager``: the checkpoint's FusionNet, FP32 (CUDA when PyTorch sees a GPU, else CPU);
 * ``pytorch-autocast``: the same under ``torch.autocast``: fp16 on CUDA, bf16 on the CPU. A CPU
   without native bf16 (AVX512-BF16 / AMX-BF16 / Arm BF16) emulates it, many times slower than FP32,
-  so there it runs only batches up to ``emulated_bf16_max_batch`` and is labelled "emulated";
+  so there it runs only batches up to ``emulated_bf16_max_batch``, with at most
+  ``emulated_bf16_iters`` timed calls, and is labelled "emulated";
 * ``pytorch-compile``: ``torch.compile`` (inductor); the first call compiles and is never timed; a
   failure, or a process that outlives ``compile_timeout_s``, becomes the row's reason;
 * ``onnxruntime-cpu`` / ``onnxruntime-cuda``: ``fuse_runtime.engines`` on every ``--onnx`` file
@@ -132,7 +133,8 @@ class LatencyConfig:
     iters: timed calls per backend and batch.
     threads: CPU threads for PyTorch, ONNX Runtime and fuse-run; None: every usable core.
     backends: which of ``BACKENDS`` to run; the others get a "not selected" row.
-    emulated_bf16_max_batch: largest batch for bf16 autocast on a CPU without native bf16.
+    emulated_bf16_max_batch, emulated_bf16_iters: largest batch and most timed calls for bf16 autocast
+        on a CPU without native bf16 (at 256 px one call there takes tens of seconds).
     compile_timeout_s: wall-clock limit of the torch.compile process (compilation included), s.
     timeout_s: wall-clock limit of every other backend's process (and of each fuse-run), s.
     """
@@ -144,6 +146,7 @@ class LatencyConfig:
     threads: int | None = None
     backends: tuple[str, ...] = BACKENDS
     emulated_bf16_max_batch: int = 1
+    emulated_bf16_iters: int = 1
     compile_timeout_s: float = 900.0
     timeout_s: float = 1800.0
 
@@ -155,7 +158,7 @@ class LatencyConfig:
             raise ValueError(f"image_size must be a positive multiple of 32, got {self.image_size}")
         if self.warmup < 0:
             raise ValueError(f"warmup must be >= 0, got {self.warmup}")
-        for name in ("iters", "emulated_bf16_max_batch"):
+        for name in ("iters", "emulated_bf16_max_batch", "emulated_bf16_iters"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.threads is not None and self.threads < 1:
@@ -525,6 +528,7 @@ class _Run:
             "backend": backend, "model": str(model), "batches": list(self.config.batches),
             "warmup": self.config.warmup, "iters": self.config.iters, "threads": self.threads,
             "emulated_bf16_max_batch": self.config.emulated_bf16_max_batch,
+            "emulated_bf16_iters": self.config.emulated_bf16_iters,
             "inputs": str(self.inputs), "results": str(results), "progress": self.progress,
         }
         spec_path = self.scratch / f"{tag}.json"
@@ -669,6 +673,7 @@ def _worker_main(spec_path: str) -> None:
     if runner.precision == "bf16 (emulated)":
         limit = spec["emulated_bf16_max_batch"]
         batches, skipped = [b for b in batches if b <= limit], [b for b in batches if b > limit]
+        spec["iters"] = min(spec["iters"], spec["emulated_bf16_iters"])
     send({"setup": {"rss_mib": _peak_rss_mib(), "device": runner.device, "precision": runner.precision,
                     "details": runner.details}})
     with np.load(spec["inputs"]) as inputs:
@@ -1040,6 +1045,8 @@ def _stderr_log(message: str) -> None:
 @click.option("--emulated-bf16-batch", type=click.IntRange(min=1), default=LatencyConfig.emulated_bf16_max_batch,
               show_default=True,
               help="Largest batch for bf16 autocast on a CPU without native bf16 (emulated, many times slower).")
+@click.option("--emulated-bf16-iters", type=click.IntRange(min=1), default=LatencyConfig.emulated_bf16_iters,
+              show_default=True, help="Most timed calls for bf16 autocast on a CPU without native bf16.")
 @click.option("--compile-timeout", type=click.FloatRange(min=0, min_open=True), default=LatencyConfig.compile_timeout_s,
               show_default=True, help="Seconds the torch.compile process may take in all, compilation included.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=LatencyConfig.timeout_s,
@@ -1062,6 +1069,7 @@ def main(
     threads: int | None,
     backends_text: str,
     emulated_bf16_batch: int,
+    emulated_bf16_iters: int,
     compile_timeout: float,
     timeout: float,
     export_dir: Path | None,
@@ -1076,7 +1084,8 @@ def main(
             config = LatencyConfig(
                 batches=parse_batches(batch_text), image_size=image_size, warmup=warmup, iters=iters,
                 threads=threads, backends=parse_backends(backends_text),
-                emulated_bf16_max_batch=emulated_bf16_batch, compile_timeout_s=compile_timeout, timeout_s=timeout,
+                emulated_bf16_max_batch=emulated_bf16_batch, emulated_bf16_iters=emulated_bf16_iters,
+                compile_timeout_s=compile_timeout, timeout_s=timeout,
             )
         except (ValueError, FuseError) as error:
             raise click.UsageError(str(error)) from None
