@@ -5,9 +5,10 @@ TensorRT and the CUDA bindings are imported only when a ``.plan`` is opened, and
 
 ``backend="auto"`` keeps ONNX Runtime for ``.onnx`` files. Measured on the 2-core AVX2 machine this
 project develops on (AMD EPYC, no AVX-512/VNNI/AMX, shared with a training run; 256 px, batch 8,
-2 threads), OpenVINO was faster than ONNX Runtime on the CPU, by about 15 % on the FP32 model and
-about 45 % on the INT8 one, but it is an optional extra, its bf16 path could not be measured here (no
-native bf16), and ONNX Runtime also drives CUDA; so OpenVINO is chosen explicitly, never silently.
+2 threads), OpenVINO ran about 10 % faster than ONNX Runtime on the FP32 model and about 40 %
+faster on the INT8 one, end to end in fuse-run as well; but it is an optional extra, its bf16 path
+could not be measured here (no native bf16), its INT8 arithmetic is not the one parity.int8.json
+measured, and ONNX Runtime also drives CUDA; so OpenVINO is chosen explicitly, never silently.
 """
 
 from __future__ import annotations
