@@ -70,7 +70,15 @@ from fuse_runtime import metrics
 from fuse_runtime.atomic import atomic_path, write_json_atomic
 from fuse_runtime.engines.base import preprocess_from_metadata
 from fuse_runtime.errors import FuseError
-from fuse_runtime.manifest import INPUT_FIRST, INPUT_SECOND, MANIFEST_NAME, META_PRECISION, OUTPUT, read_manifest, write_manifest
+from fuse_runtime.manifest import (
+    INPUT_FIRST,
+    INPUT_SECOND,
+    MANIFEST_NAME,
+    META_PRECISION,
+    OUTPUT,
+    read_manifest,
+    write_manifest,
+)
 from fuse_runtime.pairing import find_pairs, load_pair
 from fuse_runtime.preprocess import PreprocessConfig, prepare_pair
 from fuse_train.checkpoint import file_sha256
@@ -265,7 +273,8 @@ def load_calibration(
     try:
         report = find_pairs(directory, task="ct-mri")
     except FuseError as error:
-        raise FuseError(f"no usable CT/MRI pair to calibrate INT8 with ({error.reason}){_CALIBRATION_HINT}", directory) from None
+        reason = f"no usable CT/MRI pair to calibrate INT8 with ({error.reason}){_CALIBRATION_HINT}"
+        raise FuseError(reason, directory) from None
     problems = [str(p) for p in report.problems]
     order = np.unique(np.linspace(0, len(report.pairs) - 1, min(count, len(report.pairs))).round().astype(int))
     names, cts, mris = [], [], []

@@ -141,7 +141,8 @@ class OpenVinoEngine(Engine):
         native, reason = native_bf16(cpuinfo)
         offered = "BF16" in core.get_property(DEVICE, "OPTIMIZATION_CAPABILITIES")
         if native and not offered:
-            native, reason = False, f"{reason}, but OpenVINO {_short_version(self._ov.__version__)} does not offer bf16 on it"
+            version = _short_version(self._ov.__version__)
+            native, reason = False, f"{reason}, but OpenVINO {version} does not offer bf16 on it"
         if requested == "f32":
             chosen, why = "f32", "f32 requested"
         elif native:
@@ -211,7 +212,9 @@ def _import_openvino(path: Path) -> Any:
     try:
         import openvino
     except ImportError:
-        raise FuseError(f"the OpenVINO backend needs the openvino package, which is not installed; {INSTALL_HINT}", path) from None
+        raise FuseError(
+            f"the OpenVINO backend needs the openvino package, which is not installed; {INSTALL_HINT}", path
+        ) from None
     return openvino
 
 

@@ -217,8 +217,10 @@ def test_export_int8_needs_model_onnx(tmp_path: Path, harvard_train: Path) -> No
         (["--calibration-data", "{train}"], "--calibration-data is used only with --int8"),
         (["--int8", "--calibration-data", "{test}"], "this is the evaluation folder"),
         (["--int8", "--calibration-data", "{missing}"], "calibration folder not found"),
-        (["--int8", "--calibration-data", "{train}", "--calibration-pairs", "0"], "Invalid value for '--calibration-pairs'"),
-        (["--int8", "--calibration-data", "{train}", "--calibration-method", "kl"], "Invalid value for '--calibration-method'"),
+        (["--int8", "--calibration-data", "{train}", "--calibration-pairs", "0"],
+         "Invalid value for '--calibration-pairs'"),
+        (["--int8", "--calibration-data", "{train}", "--calibration-method", "kl"],
+         "Invalid value for '--calibration-method'"),
     ],
 )
 def test_cli_int8_refusals_exit_2_before_touching_out(
