@@ -18,9 +18,12 @@ Backends, each measured in a fresh process so its peak resident memory is its ow
 * ``onnxruntime-cpu`` / ``onnxruntime-cuda``: ``fuse_runtime.engines`` on every ``--onnx`` file
   (one set of rows per file, labelled with its name); with only a checkpoint, ``model.onnx`` is
   exported from it with ``fuse_export.pipeline.run_export``;
+* ``openvino-cpu``: the OpenVINO engine (``fuse[openvino]``) on every ``--onnx`` file: bf16 where the
+  CPU computes it natively (AVX512-BF16/AMX), else f32; an INT8 QDQ file runs OpenVINO's int8 kernels;
 * ``tensorrt``: ``fuse_runtime.engines`` on ``--engine model.plan``, GPU only;
-* ``fuse-run``: the serving CLI end to end (read → preprocess → infer → restore → write PNG) over
-  every pair of ``--data``, once per model file and batch size; throughput from its ``report.json``.
+* ``fuse-run`` / ``fuse-run-openvino``: the serving CLI end to end (read → preprocess → infer →
+  restore → write PNG) over every pair of ``--data``, once per model file and batch size, with its
+  default backend or ``--backend openvino``; throughput from its ``report.json``.
 
 A backend that cannot run here (no model for it, no GPU, a library missing) gets one row saying why.
 
@@ -72,14 +75,18 @@ BACKENDS: tuple[str, ...] = (
     "pytorch-compile",
     "onnxruntime-cpu",
     "onnxruntime-cuda",
+    "openvino-cpu",
     "tensorrt",
     "fuse-run",
+    "fuse-run-openvino",
 )
 """Every backend, in table order."""
 TORCH_BACKENDS = ("pytorch-eager", "pytorch-autocast", "pytorch-compile")
 TORCH_PRECISIONS = {"pytorch-eager": "fp32", "pytorch-autocast": "fp16 (cuda) / bf16 (cpu)", "pytorch-compile": "fp32"}
 """What a PyTorch row's precision is before its process says (it decides cuda or cpu)."""
-ONNX_BACKENDS = ("onnxruntime-cpu", "onnxruntime-cuda")
+ONNX_BACKENDS = ("onnxruntime-cpu", "onnxruntime-cuda", "openvino-cpu")
+FUSE_RUN_BACKENDS = {"fuse-run": "auto", "fuse-run-openvino": "openvino"}
+"""fuse-run rows and the ``--backend`` each passes (auto: ONNX Runtime for .onnx, TensorRT for .plan)."""
 PLAN_SUFFIXES = (".plan", ".engine")
 
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
@@ -269,7 +276,7 @@ def run_latency(
     export: dict[str, Any] | None = None
     with tempfile.TemporaryDirectory(prefix="fuse-latency-") as scratch:
         scratch = Path(scratch)
-        wants_onnx = any(b in config.backends for b in (*ONNX_BACKENDS, "fuse-run"))
+        wants_onnx = any(b in config.backends for b in (*ONNX_BACKENDS, *FUSE_RUN_BACKENDS))
         if not onnx_paths and checkpoint is not None and wants_onnx:
             target = Path(export_dir) if export_dir is not None else scratch / "export"
             export = _export_onnx(checkpoint, target, size, data, log)
@@ -485,8 +492,8 @@ class _Run:
             return self._worker_rows(backend, self.checkpoint, None)
         rows = []
         for artifact in self._artifacts_for(backend):
-            if backend == "fuse-run":
-                rows += [self._fuse_run(artifact, batch) for batch in self.config.batches]
+            if backend in FUSE_RUN_BACKENDS:
+                rows += [self._fuse_run(backend, artifact, batch) for batch in self.config.batches]
             else:
                 rows += self._worker_rows(backend, artifact.path, artifact)
         return rows
@@ -517,6 +524,8 @@ class _Run:
             return "no NVIDIA GPU visible (nvidia-smi lists none)"
         if backend == "tensorrt" and not _has_module("tensorrt"):
             return "TensorRT is not installed (pip install 'fuse[gpu]')"
+        if backend in ("openvino-cpu", "fuse-run-openvino") and not _has_module("openvino"):
+            return "OpenVINO is not installed (pip install 'fuse[openvino]')"
         return None
 
     def _worker_rows(self, backend: str, model: Path | None, artifact: _Artifact | None) -> list[Row]:
@@ -530,6 +539,7 @@ class _Run:
             "emulated_bf16_max_batch": self.config.emulated_bf16_max_batch,
             "emulated_bf16_iters": self.config.emulated_bf16_iters,
             "inputs": str(self.inputs), "results": str(results), "progress": self.progress,
+            "file_precision": artifact.precision if artifact is not None else None,
         }
         spec_path = self.scratch / f"{tag}.json"
         spec_path.write_text(json.dumps(spec))
@@ -565,17 +575,18 @@ class _Run:
         ]
         return sorted(rows, key=lambda row: row.batch)
 
-    def _fuse_run(self, artifact: _Artifact, batch: int) -> Row:
+    def _fuse_run(self, backend: str, artifact: _Artifact, batch: int) -> Row:
         """Run ``fuse-run`` once over the data into a temporary folder; the row comes from its report.json."""
-        label = f"fuse-run {artifact.name}"
-        row = Row("fuse-run", label, artifact.precision, "–", batch, model=artifact.name, threads=self.threads)
+        label = f"{backend} {artifact.name}"
+        row = Row(backend, label, artifact.precision, "–", batch, model=artifact.name, threads=self.threads)
         self.log(f"latency: {label}: batch {batch} over {self.data}")
         with tempfile.TemporaryDirectory(prefix="fuse-run-", dir=self.scratch) as tmp:
             out, peak_file, log_path = Path(tmp) / "out", Path(tmp) / "peak_rss_kib", Path(tmp) / "fuse-run.log"
             arguments = [
                 "--engine", str(artifact.path), "--in", str(self.data), "--out", str(out),
                 "--batch-size", str(batch), "--threads", str(self.threads),
-                "--provider", "auto" if self.gpu else "cpu", "--quiet",
+                "--provider", "auto" if self.gpu and backend == "fuse-run" else "cpu",
+                "--backend", FUSE_RUN_BACKENDS[backend], "--quiet",
             ]
             started = time.perf_counter()
             command = [sys.executable, "-c", FUSE_RUN_MAIN, str(peak_file), *arguments]
@@ -602,6 +613,8 @@ class _Run:
         row.iterations = 1
         row.slices_per_s = totals["slices_per_second"] or None
         row.device = report.get("provider") or row.device
+        if backend == "fuse-run-openvino":
+            row.precision = _openvino_precision(artifact.precision, report.get("engine") or "")
         row.details = {
             "pairs": totals["pairs"],
             "ok": totals["ok"],
@@ -729,6 +742,11 @@ def _open_backend(spec: dict[str, Any]) -> _Runner:
         return _open_torch(spec)
     from fuse_runtime.engines import open_engine
 
+    if spec["backend"] == "openvino-cpu":
+        engine = open_engine(spec["model"], backend="openvino", threads=spec["threads"])
+        details = {"engine": engine.description, "notices": list(engine.notices)}
+        precision = _openvino_precision(spec["file_precision"], engine.description)
+        return _Runner(engine.infer, "cpu", precision, details, close=engine.close)
     provider = {"onnxruntime-cpu": "cpu", "onnxruntime-cuda": "cuda", "tensorrt": "auto"}[spec["backend"]]
     engine = open_engine(spec["model"], provider=provider, threads=spec["threads"])
     wanted = "tensorrt" if spec["backend"] == "tensorrt" else provider
@@ -896,6 +914,14 @@ def _export_onnx(checkpoint: Path, target: Path, size: int, data: Path, log: Log
 # --- small helpers -----------------------------------------------------------------------------------
 
 
+def _openvino_precision(file_precision: str, description: str) -> str:
+    """What an OpenVINO row computes in: the file's precision, and bf16 where OpenVINO ran in bf16
+    (its engine description says ``(cpu, bf16)``): ``bf16`` for an FP32 file, ``int8 + bf16`` for INT8."""
+    if "(cpu, bf16)" not in description:
+        return file_precision
+    return "bf16" if file_precision == "fp32" else f"{file_precision} + bf16"
+
+
 def _onnx_precision(engine: Any) -> str:
     """``fuse.precision`` from an ONNX Runtime engine's model metadata (fp32 when absent, as in manifests)."""
     return engine.session.get_modelmeta().custom_metadata_map.get(META_PRECISION, "fp32")
@@ -997,7 +1023,7 @@ def _note(row: dict[str, Any]) -> str:
     if row["status"] != "ok":
         return f"{row['status']}: {row['reason']}"
     details = row.get("details") or {}
-    if row["backend"] == "fuse-run":
+    if row["backend"] in FUSE_RUN_BACKENDS:
         text = (
             f"{details['ok']} pair(s), {details['slices']} slice(s) in {details['wall_seconds']:.2f} s = "
             f"{details['pairs_per_second']:.2f} pairs/s; per-pair read→write p50 "

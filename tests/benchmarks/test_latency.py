@@ -29,7 +29,7 @@ from fuse_train.model import FusionNet
 SIZE = 64
 PAIRS = ("11", "17", "25")
 BATCHES = (1, 2)
-MEASURED_ON_CPU = ("pytorch-eager", "onnxruntime-cpu", "fuse-run")
+MEASURED_ON_CPU = ("pytorch-eager", "onnxruntime-cpu", "openvino-cpu", "fuse-run", "fuse-run-openvino")
 
 
 def _strict_json(path: Path) -> dict:
@@ -117,7 +117,7 @@ def test_cpu_backends_are_measured_at_every_batch(full_run, backend):
         assert row["status"] == "ok", row["reason"]
         assert row["slices_per_s"] > 0 and row["peak_rss_mib"] > 0 and row["device"] == "cpu"
         assert row["label"] == backend + ("" if backend.startswith("pytorch") else " model.onnx")
-        if backend != "fuse-run":
+        if not backend.startswith("fuse-run"):
             assert row["iterations"] == 2 and row["warmup"] == 0
             assert 0 < row["min_ms"] <= row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"]
             assert row["slices_per_s"] == pytest.approx(row["batch"] * 1e3 / row["mean_ms"])
@@ -133,6 +133,34 @@ def test_fuse_run_rows_come_from_its_report(full_run):
         assert details["provider"] == "cpu" and row["model"] == "model.onnx"
         assert f"--batch-size {row['batch']}" in details["command"] and "--threads 1" in details["command"]
         assert row["slices_per_s"] == pytest.approx(details["slices"] / details["wall_seconds"], rel=1e-3)
+
+
+def test_openvino_rows_say_what_they_computed_in(full_run):
+    """bf16 exactly where this CPU computes it natively (the engine's own choice), f32 elsewhere;
+    the fuse-run row ran OpenVINO, not ONNX Runtime."""
+    _, result = full_run
+    expected = "bf16" if result["bf16"]["native"] else "fp32"
+    for row in _rows(result, "openvino-cpu"):
+        assert row["precision"] == expected and "OpenVINO" in row["details"]["engine"]
+        assert any("OpenVINO CPU" in notice for notice in row["details"]["notices"])
+    for row in _rows(result, "fuse-run-openvino"):
+        assert row["precision"] == expected and row["details"]["engine"].startswith("OpenVINO")
+        assert "--backend openvino" in row["details"]["command"]
+    for row in _rows(result, "fuse-run"):
+        assert "--backend auto" in row["details"]["command"] and "ONNX Runtime" in row["details"]["engine"]
+
+
+@pytest.mark.parametrize(
+    ("file_precision", "description", "expected"),
+    [
+        ("fp32", "OpenVINO 2026.4.1 (cpu, bf16) model.onnx: 64x64, batch 1..any", "bf16"),
+        ("int8", "OpenVINO 2026.4.1 (cpu, bf16) model.int8.onnx: 64x64, batch 1..any", "int8 + bf16"),
+        ("fp32", "OpenVINO 2026.4.1 (cpu, f32) model.onnx: 64x64, batch 1..any", "fp32"),
+        ("int8", "OpenVINO 2026.4.1 (cpu, f32) model.int8.onnx: 64x64, batch 1..any", "int8"),
+    ],
+)
+def test_openvino_precision_labels(file_precision, description, expected):
+    assert latency._openvino_precision(file_precision, description) == expected
 
 
 def test_bf16_autocast_is_labelled_and_limited_as_the_cpu_demands(full_run):

@@ -29,6 +29,10 @@ from fuse_train.model import FusionNet
 
 SIZE = 64
 FP32_TOLERANCE = 1e-4
+BF16_MEAN_LEVELS = 2.0
+"""Largest mean |OpenVINO bf16 − ONNX Runtime fp32| per written file, in 8-bit levels."""
+BF16_MAX_LEVELS = 32
+"""Largest single-pixel difference in 8-bit levels under bf16 (an eighth of the range)."""
 AVX2_ONLY = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n\nprocessor\t: 1\nflags\t\t: fpu sse2 avx avx2 fma\n"
 AMX = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile amx_int8\n"
 
@@ -212,7 +216,7 @@ def test_fuse_run_backend_openvino_matches_onnxruntime(exported: Path, tmp_path:
     by_name = {entry["name"]: entry for entry in candidate["pairs"]}
     assert sorted(by_name) == sorted(e["name"] for e in reference["pairs"]) == sorted(pairs)
     with open_engine(exported, backend="openvino") as engine:
-        tolerance = 1 if engine.precision == "f32" else 4
+        bf16 = engine.precision == "bf16"
     for entry in reference["pairs"]:
         pair = pairs[entry["name"]]
         fmt = {"image": "png", "dicom-series": "dicom", "nifti": "nifti"}[pair.kind]
@@ -223,7 +227,13 @@ def test_fuse_run_backend_openvino_matches_onnxruntime(exported: Path, tmp_path:
         relative = Path(entry["outputs"][0]).relative_to(tmp_path / "onnxruntime")
         assert Path(ours).relative_to(tmp_path / "openvino") == relative
         assert written.shape == expected.shape
-        assert np.abs(written - expected).max() <= tolerance, entry["name"]
+        difference = np.abs(written - expected)
+        if bf16:
+            # Rounding spread, not a wrong pixel: measured on this random-weight model on an AMX CPU,
+            # mean 1.1-1.3 and max 7-13 levels per file; a swapped input, channel or slice is far off.
+            assert difference.mean() <= BF16_MEAN_LEVELS and difference.max() <= BF16_MAX_LEVELS, entry["name"]
+        else:
+            assert difference.max() <= 1, entry["name"]
 
 
 def test_fuse_run_refuses_backend_with_ray(exported: Path, tmp_path: Path) -> None:
