@@ -103,6 +103,7 @@ def run_quality(
     provider: str = "auto",
     progress: bool = True,
     command: str | None = None,
+    backend: str = "auto",
 ) -> dict[str, Any]:
     """Score every baseline (and the model, given ``checkpoint`` or ``engine``) on the pairs in ``data``.
 
@@ -119,7 +120,7 @@ def run_quality(
     if checkpoint is not None:
         methods.append(checkpoint_method(checkpoint, task))
     elif engine is not None:
-        methods.append(engine_method(engine, provider))
+        methods.append(engine_method(engine, provider, backend))
 
     per_pair: dict[str, dict[str, dict[str, float]]] = {m.name: {} for m in methods}
     seconds: dict[str, float] = {m.name: 0.0 for m in methods}
@@ -192,14 +193,23 @@ def baseline_methods() -> list[Method]:
     return [Method(name, BASELINE_LABELS[name], _baseline_fuser(rule)) for name, rule in baselines.BASELINES.items()]
 
 
-def engine_method(path: str | Path, provider: str = "auto") -> Method:
-    """The exported model behind ``fuse_runtime.engines.open_engine`` with its own preprocessing."""
+def engine_method(path: str | Path, provider: str = "auto", backend: str = "auto") -> Method:
+    """The exported model behind ``fuse_runtime.engines.open_engine`` with its own preprocessing.
+
+    backend: as ``fuse-run --backend`` (``openvino`` scores what OpenVINO computes, bf16 where the CPU
+    has it natively); the label names it and its precision."""
     from fuse_runtime.engines import open_engine
 
-    engine = open_engine(path, provider=provider)
-    details = {"engine": str(path), "provider": engine.provider, "notices": list(engine.notices)}
+    engine = open_engine(path, provider=provider, backend=backend)
+    details = {
+        "engine": str(path), "provider": engine.provider, "description": engine.description,
+        "notices": list(engine.notices),
+    }
+    where = engine.provider
+    if getattr(engine, "backend", None) == "openvino":
+        where = f"OpenVINO {engine.provider} {engine.precision}"
     fuse = _model_fuser(engine.infer, engine.preprocess, engine.batch_range)
-    return Method(MODEL_METHOD, f"fuse model ({Path(path).name}, {engine.provider})", fuse, details, engine.close)
+    return Method(MODEL_METHOD, f"fuse model ({Path(path).name}, {where})", fuse, details, engine.close)
 
 
 def checkpoint_method(path: str | Path, task: str) -> Method:
@@ -422,6 +432,13 @@ def _put_text(image: np.ndarray, text: str, origin: tuple[int, int], colour: tup
     show_default=True,
     help="ONNX Runtime execution provider for --engine model.onnx (a .plan always runs on TensorRT).",
 )
+@click.option(
+    "--backend",
+    type=click.Choice(["auto", "onnxruntime", "openvino", "tensorrt"]),
+    default="auto",
+    show_default=True,
+    help="Inference library for --engine, as fuse-run --backend (openvino: bf16 where the CPU has it natively).",
+)
 def main(
     data: Path,
     checkpoint: Path | None,
@@ -430,6 +447,7 @@ def main(
     grid_pairs: int,
     task: str,
     provider: str,
+    backend: str,
 ) -> None:
     """Score the classical fusion baselines (pixel mean, pixel max, Laplacian pyramid, DWT) and,
     when given, the fuse model with the literature's metrics (EN, SD, SF, AG, MI, SCD, VIF, Qabf,
@@ -438,7 +456,9 @@ def main(
         raise click.UsageError("give either --checkpoint or --engine, not both")
     command = "python -m benchmarks.quality " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
     try:
-        result = run_quality(data, out, checkpoint, engine, grid_pairs, task, provider, progress=True, command=command)
+        result = run_quality(
+            data, out, checkpoint, engine, grid_pairs, task, provider, progress=True, command=command, backend=backend
+        )
     except FuseError as error:
         click.echo(f"error: {error}", err=True)
         sys.exit(1)

@@ -34,6 +34,6 @@ echo "== 3/4 ONNX export and parity -> $OUT/export"
   --parity-data "$DATA/harvard/ct-mri-test"
 echo "== 4/4 quality on the test folder (never used for training or selection)"
 "$PY" -m benchmarks.quality --data "$DATA/harvard/ct-mri-test" --checkpoint "$OUT/ctmri/best.pt" --out "$OUT/quality"
-"$PY" -m benchmarks.quality --data "$DATA/harvard/ct-mri-test" --engine "$OUT/export/model.onnx" --out "$OUT/quality-onnx" --grid-pairs 0
+"$PY" -m benchmarks.quality --data "$DATA/harvard/ct-mri-test" --engine "$OUT/export/model.onnx" --backend onnxruntime --out "$OUT/quality-onnx" --grid-pairs 0
 minutes=$(( ($(date +%s) - start + 59) / 60 ))
 echo "== done in about $minutes min: run $OUT/ctmri (history.png), export $OUT/export, report $OUT/quality/quality.md"

@@ -1,24 +1,32 @@
-"""Inference engines: ``open_engine(path)`` picks ONNX Runtime for ``.onnx`` and TensorRT for ``.plan``.
+"""Inference engines: ``open_engine(path)`` picks the library that runs an exported model fastest here.
 
-TensorRT and the CUDA bindings are imported only when a ``.plan`` is opened, and OpenVINO only when
-``backend="openvino"`` is asked for, so the CPU runtime works without them.
+TensorRT and the CUDA bindings are imported only when a ``.plan`` is opened, and OpenVINO only when it
+is chosen, so the CPU runtime works without them.
 
-``backend="auto"`` keeps ONNX Runtime for ``.onnx`` files. Measured on the 2-core AVX2 machine this
-project develops on (AMD EPYC, no AVX-512/VNNI/AMX, shared with a training run; 256 px, batch 8,
-2 threads), OpenVINO ran about 10 % faster than ONNX Runtime on the FP32 model and about 40 %
-faster on the INT8 one, end to end in fuse-run as well; but it is an optional extra, its bf16 path
-could not be measured here (no native bf16), its INT8 arithmetic is not the one parity.int8.json
-measured, and ONNX Runtime also drives CUDA; so OpenVINO is chosen explicitly, never silently.
+``backend="auto"`` (:func:`choose_backend`): a ``.plan`` runs on TensorRT. A ``.onnx`` runs on ONNX
+Runtime, except on a CPU-only machine whose CPU computes bf16 natively (AVX512-BF16/AMX) when
+OpenVINO is installed and no ONNX Runtime provider was named: there OpenVINO runs it in bf16 (or its
+int8 kernels for ``model.int8.onnx``). Measured on this project's 2-core AMX Xeon with the release
+model at 256 px (``python -m benchmarks.latency``): OpenVINO bf16 19.8 slices/s against ONNX Runtime
+FP32 5.1 at batch 8, and ``fuse-run`` end to end 18.8 against 6.0 pairs/s, with every fusion metric on
+the 21 test pairs within 0.004 of FP32 (``python -m benchmarks.quality --backend openvino``). On CPUs
+without native bf16 OpenVINO would have to run f32, where it was only ~10 % faster than ONNX Runtime
+(2-core AVX2 EPYC), so ONNX Runtime stays the choice there. Naming ``provider`` (cpu, cuda, tensorrt),
+an ONNX Runtime concept, selects ONNX Runtime. The choice and its reason are the engine's first notice.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 from fuse_runtime.engines.base import UNBOUNDED_BATCH, Engine
 from fuse_runtime.errors import FuseError
 
-__all__ = ["UNBOUNDED_BATCH", "Engine", "open_engine", "ENGINE_SUFFIXES", "PROVIDER_CHOICES", "BACKEND_CHOICES"]
+__all__ = [
+    "UNBOUNDED_BATCH", "Engine", "open_engine", "choose_backend", "ENGINE_SUFFIXES", "PROVIDER_CHOICES",
+    "BACKEND_CHOICES",
+]
 
 ENGINE_SUFFIXES = (".onnx", ".plan", ".engine")
 PROVIDER_CHOICES = ("auto", "cpu", "cuda", "tensorrt")
@@ -32,9 +40,8 @@ def open_engine(path: str | Path, provider: str = "auto", threads: int | None = 
         providers; a missing one falls back to the CPU with a notice in ``engine.notices``). A ``.plan``
         always runs on TensorRT; asking it for ``cpu`` or ``cuda`` is an error.
     threads: CPU threads for ONNX Runtime or OpenVINO (None: the library's default).
-    backend: ``auto`` (ONNX Runtime for ``.onnx``, TensorRT for ``.plan``), ``onnxruntime``,
-        ``openvino`` (``.onnx`` on the CPU, bf16 where the CPU has it natively; see
-        ``OpenVinoEngine``) or ``tensorrt`` (a ``.plan``).
+    backend: ``auto`` (see :func:`choose_backend`), ``onnxruntime``, ``openvino`` (``.onnx`` on the
+        CPU, bf16 where the CPU has it natively; see ``OpenVinoEngine``) or ``tensorrt`` (a ``.plan``).
     Raises FuseError for a missing, unreadable or incompatible model, or a backend that cannot run it.
     """
     path = Path(path)
@@ -46,14 +53,22 @@ def open_engine(path: str | Path, provider: str = "auto", threads: int | None = 
         raise FuseError("engine file not found; pass the model.onnx or model.plan written by fuse-export", path)
     suffix = path.suffix.lower()
     _check_backend(path, suffix, backend, provider)
-    if suffix == ".onnx" and backend == "openvino":
-        from fuse_runtime.engines.openvino_engine import OpenVinoEngine
-
-        return OpenVinoEngine(path, threads=threads)
     if suffix == ".onnx":
-        from fuse_runtime.engines.onnxruntime_engine import OnnxRuntimeEngine
+        why = None
+        if backend == "auto":
+            backend, why = choose_backend(provider)
+        engine: Engine
+        if backend == "openvino":
+            from fuse_runtime.engines.openvino_engine import OpenVinoEngine
 
-        return OnnxRuntimeEngine(path, provider=provider, threads=threads)
+            engine = OpenVinoEngine(path, threads=threads)
+        else:
+            from fuse_runtime.engines.onnxruntime_engine import OnnxRuntimeEngine
+
+            engine = OnnxRuntimeEngine(path, provider=provider, threads=threads)
+        if why is not None:
+            engine.notices.insert(0, why)
+        return engine
     if suffix in (".plan", ".engine"):
         if provider not in ("auto", "tensorrt"):
             raise FuseError(
@@ -65,6 +80,36 @@ def open_engine(path: str | Path, provider: str = "auto", threads: int | None = 
         return TensorRTEngine(path)
     raise FuseError(
         f"unknown engine type {path.suffix!r}; pass a .onnx or .plan file written by fuse-export", path
+    )
+
+
+def choose_backend(provider: str = "auto", cpuinfo: str | Path | None = None) -> tuple[str, str | None]:
+    """The library ``backend="auto"`` runs an ``.onnx`` file with, and the reason (None when there is
+    nothing to say: ONNX Runtime on a CPU without native bf16, or on a GPU).
+
+    OpenVINO where it is installed, the CPU has native bf16 and neither a named ONNX Runtime provider
+    nor ONNX Runtime's CUDA provider asks for ONNX Runtime; otherwise ONNX Runtime. ``cpuinfo``: where
+    the CPU flags are read (default /proc/cpuinfo; tests pass other CPUs' flags).
+    """
+    from fuse_runtime.engines.openvino_engine import CPUINFO, native_bf16
+
+    if provider != "auto":
+        return "onnxruntime", None
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        return "onnxruntime", None
+    native, reason = native_bf16(CPUINFO if cpuinfo is None else cpuinfo)
+    if not native:
+        return "onnxruntime", None
+    if importlib.util.find_spec("openvino") is None:
+        return "onnxruntime", (
+            f"backend auto: ONNX Runtime; {reason}, where OpenVINO runs it in bf16 about 4x faster "
+            "(measured on a 2-core AMX Xeon, same fusion metrics): pip install 'fuse[openvino]'"
+        )
+    return "openvino", (
+        f"backend auto: OpenVINO, because {reason} and OpenVINO is installed (about 4x ONNX Runtime FP32 "
+        "on a 2-core AMX Xeon, fusion metrics within 0.004); --backend onnxruntime keeps ONNX Runtime"
     )
 
 

@@ -130,6 +130,18 @@ def test_engine_path_uses_the_engines_preprocessing_and_restores_geometry(small_
     assert grid.shape[1] == 7 * quality.GRID_TILE
 
 
+def test_openvino_backend_scores_what_openvino_computes(small_data, tmp_path):
+    """The max-fusion graph has no arithmetic bf16 could round, so OpenVINO scores exactly pixel max;
+    the label says it was OpenVINO and in which precision."""
+    model = _write_max_onnx(tmp_path / "model.onnx", PreprocessConfig(clahe=False, image_size=256))
+    result = quality.run_quality(small_data, tmp_path / "R", engine=model, grid_pairs=0, progress=False,
+                                 backend="openvino")
+    fuse, pixel_max = result["methods"]["fuse"], result["methods"]["max"]
+    assert "OpenVINO cpu " in fuse["label"] and fuse["description"].startswith("OpenVINO")
+    for name in SMALL_PAIRS:
+        assert fuse["per_pair"][name] == pytest.approx(pixel_max["per_pair"][name], rel=1e-6)
+
+
 def test_engine_at_another_size_is_letterboxed_and_restored(small_data, tmp_path):
     model = _write_max_onnx(tmp_path / "model.onnx", PreprocessConfig(clahe=True, image_size=64))
     result = quality.run_quality(small_data, tmp_path / "R", engine=model, grid_pairs=0, progress=False)
@@ -195,7 +207,7 @@ def test_cli_writes_the_report_and_prints_where(small_data, tmp_path):
 def test_cli_help_explains_every_option():
     result = CliRunner().invoke(quality.main, ["--help"])
     assert result.exit_code == 0
-    for option in ("--data", "--checkpoint", "--engine", "--out", "--grid-pairs", "--task", "--provider"):
+    for option in ("--data", "--checkpoint", "--engine", "--out", "--grid-pairs", "--task", "--provider", "--backend"):
         assert option in result.output
 
 

@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 
 from engine_models import reference_fusion, write_max_fusion_onnx
-from fuse_runtime.engines import UNBOUNDED_BATCH, open_engine
+from fuse_runtime.engines import UNBOUNDED_BATCH, choose_backend, open_engine
 from fuse_runtime.engines.onnxruntime_engine import PROVIDERS
 from fuse_runtime.engines.tensorrt_engine import _capability, _release
 from fuse_runtime.errors import FuseError
@@ -58,7 +58,7 @@ def test_manifest_beside_the_model_is_used(tmp_path: Path) -> None:
 def test_model_without_settings_is_refused(tmp_path: Path) -> None:
     model = write_max_fusion_onnx(tmp_path / "model.onnx", SIZE, metadata=False)
     with pytest.raises(FuseError, match="no preprocessing settings") as caught:
-        open_engine(model)
+        open_engine(model, backend="onnxruntime")
     assert caught.value.path == model
 
 
@@ -66,13 +66,13 @@ def test_manifest_of_another_model_is_refused(tmp_path: Path) -> None:
     model = write_max_fusion_onnx(tmp_path / "model.onnx", SIZE, MODEL_PREPROCESS)
     write_manifest(tmp_path / MANIFEST_NAME, Manifest(image_size=SIZE, preprocess=PreprocessConfig(image_size=SIZE)))
     with pytest.raises(FuseError, match="disagree"):
-        open_engine(model)
+        open_engine(model, backend="onnxruntime")
 
 
 def test_graph_size_disagreeing_with_settings_is_refused(tmp_path: Path) -> None:
     model = write_max_fusion_onnx(tmp_path / "model.onnx", SIZE, graph_size=96)
     with pytest.raises(FuseError, match="image sizes disagree"):
-        open_engine(model)
+        open_engine(model, backend="onnxruntime")
 
 
 def test_fixed_batch_graph_reports_its_range(tmp_path: Path) -> None:
@@ -127,9 +127,44 @@ def test_missing_provider_falls_back_with_a_notice(model: Path, provider: str) -
 
 
 def test_auto_provider_picks_what_is_available(model: Path) -> None:
-    engine = open_engine(model)
+    engine = open_engine(model, backend="onnxruntime")
     expected = "cuda" if PROVIDERS["cuda"] in ort.get_available_providers() else "cpu"
     assert engine.provider == expected and engine.notices == []
+
+
+AVX2_ONLY = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n"
+AMX = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile amx_int8\n"
+HAS_OPENVINO = importlib.util.find_spec("openvino") is not None
+HAS_ORT_CUDA = PROVIDERS["cuda"] in ort.get_available_providers()
+
+
+@pytest.mark.parametrize(
+    ("provider", "cpuinfo", "expected", "words"),
+    [
+        ("auto", AVX2_ONLY, "onnxruntime", None),
+        ("cpu", AMX, "onnxruntime", None),
+        ("cuda", AMX, "onnxruntime", None),
+        ("auto", AMX, "openvino" if HAS_OPENVINO and not HAS_ORT_CUDA else "onnxruntime",
+         None if HAS_ORT_CUDA else "backend auto: OpenVINO" if HAS_OPENVINO else "pip install 'fuse[openvino]'"),
+    ],
+)
+def test_auto_backend_follows_the_cpu_and_the_provider(provider: str, cpuinfo: str, expected: str, words) -> None:
+    """OpenVINO only where the CPU has native bf16, no ONNX Runtime provider is named and ONNX Runtime
+    has no CUDA; ONNX Runtime everywhere else, silently unless bf16 was there to be had."""
+    backend, why = choose_backend(provider, cpuinfo=cpuinfo)
+    assert backend == expected
+    if words is None:
+        assert why is None
+    else:
+        assert words in why and "amx_bf16" in why
+
+
+def test_auto_backend_on_this_machine_is_what_choose_backend_says(model: Path) -> None:
+    backend, why = choose_backend()
+    with open_engine(model, threads=1) as engine:
+        assert type(engine).__name__ == {"openvino": "OpenVinoEngine", "onnxruntime": "OnnxRuntimeEngine"}[backend]
+        if why is not None:
+            assert engine.notices[0] == why
 
 
 def _write(path: Path, content: bytes) -> Path:
@@ -142,8 +177,8 @@ def _write(path: Path, content: bytes) -> Path:
     [
         (lambda d: d / "missing.onnx", {}, "engine file not found"),
         (lambda d: _write(d / "model.pt", b"weights"), {}, "unknown engine type '.pt'"),
-        (lambda d: _write(d / "model.onnx", b"not an onnx graph"), {}, "ONNX Runtime cannot load the model"),
-        (lambda d: _write(d / "model.onnx", b""), {}, "ONNX Runtime cannot load the model"),
+        (lambda d: _write(d / "model.onnx", b"not an onnx graph"), {"provider": "cpu"}, "ONNX Runtime cannot load the model"),
+        (lambda d: _write(d / "model.onnx", b""), {"provider": "cpu"}, "ONNX Runtime cannot load the model"),
         (lambda d: _write(d / "model.plan", b"\x00" * 64), {"provider": "cpu"}, "runs only on TensorRT"),
         (lambda d: _write(d / "model.plan", b"\x00" * 64), {}, "TensorRT|manifest"),
         (lambda d: write_max_fusion_onnx(d / "m.onnx"), {"provider": "gpu"}, "unknown provider 'gpu'"),
@@ -167,7 +202,7 @@ def test_wrong_tensor_names_are_refused(tmp_path: Path) -> None:
         node.input[:] = ["t2" if name == "mri" else name for name in node.input]
     onnx.save(graph, str(model))
     with pytest.raises(FuseError, match="must take input 'mri'"):
-        open_engine(model)
+        open_engine(model, backend="onnxruntime")
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,7 @@ from fuse_export.config import ExportConfig
 from fuse_export.parity import Samples, load_samples
 from fuse_export.pipeline import run_export
 from fuse_runtime.cli import main
-from fuse_runtime.engines import open_engine
+from fuse_runtime.engines import choose_backend, open_engine
 from fuse_runtime.engines.openvino_engine import OpenVinoEngine, native_bf16
 from fuse_runtime.errors import FuseError
 from fuse_runtime.pairing import find_pairs, load_pair
@@ -242,6 +242,19 @@ def test_fuse_run_refuses_backend_with_ray(exported: Path, tmp_path: Path) -> No
         ["--engine", str(exported), "--in", str(tmp_path), "--out", str(tmp_path / "o"), "--backend", "openvino", "--ray"],
     )
     assert result.exit_code == 2 and "--backend openvino is not available with --ray" in result.stderr
+
+
+def test_fuse_run_says_which_backend_auto_chose_and_why(exported: Path, tmp_path: Path, harvard_test: Path) -> None:
+    scans = build_scan_tree(tmp_path / "scans", harvard_test, harvard_pairs=1)
+    result = CliRunner().invoke(
+        main, ["--engine", str(exported), "--in", str(scans), "--out", str(tmp_path / "o"), "--threads", "1", "--quiet"]
+    )
+    assert result.exit_code == 0, result.stderr
+    backend, why = choose_backend()
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert report["engine"].startswith({"openvino": "OpenVINO", "onnxruntime": "ONNX Runtime"}[backend])
+    if why is not None:
+        assert f"note: {why}" in result.stderr
 
 
 def test_openvino_backend_loads_no_torch(tmp_path: Path) -> None:
