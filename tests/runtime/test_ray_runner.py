@@ -237,6 +237,15 @@ def test_bad_ray_options_raise(bad: dict[str, Any]) -> None:
         RayOptions(**bad)
 
 
+@pytest.mark.parametrize(("name", "backend"), [("model.onnx", "onnxruntime"), ("model.int8.onnx", "onnxruntime"),
+                                               ("model.plan", "auto")])
+def test_ray_actors_run_one_library_on_every_node(name: str, backend: str) -> None:
+    """Never the local auto choice (OpenVINO bf16 on AMX nodes): every node fuses alike."""
+    from fuse_runtime.distributed.ray_runner import ray_backend
+
+    assert ray_backend(name) == backend
+
+
 def test_runtime_and_cli_import_without_ray() -> None:
     code = "import sys, fuse_runtime.cli, fuse_runtime.distributed; print('ray' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
