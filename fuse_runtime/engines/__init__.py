@@ -57,12 +57,17 @@ def open_engine(path: str | Path, provider: str = "auto", threads: int | None = 
         why = None
         if backend == "auto":
             backend, why = choose_backend(provider)
-        engine: Engine
+        engine: Engine | None = None
         if backend == "openvino":
             from fuse_runtime.engines.openvino_engine import OpenVinoEngine
 
-            engine = OpenVinoEngine(path, threads=threads)
-        else:
+            try:
+                engine = OpenVinoEngine(path, threads=threads)
+            except FuseError as error:
+                if why is None:  # asked for by name: its error is the answer
+                    raise
+                why = f"backend auto: OpenVINO could not open the model ({error.reason}), so ONNX Runtime runs it"
+        if engine is None:
             from fuse_runtime.engines.onnxruntime_engine import OnnxRuntimeEngine
 
             engine = OnnxRuntimeEngine(path, provider=provider, threads=threads)

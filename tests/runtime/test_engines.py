@@ -159,6 +159,22 @@ def test_auto_backend_follows_the_cpu_and_the_provider(provider: str, cpuinfo: s
         assert words in why and "amx_bf16" in why
 
 
+def test_auto_falls_back_to_onnxruntime_when_openvino_cannot_open_the_model(model: Path, monkeypatch) -> None:
+    import fuse_runtime.engines as engines
+    from fuse_runtime.engines import openvino_engine
+
+    def refuse(self, path, **_):
+        raise FuseError("OpenVINO cannot read the model (unsupported operation Foo)", path)
+
+    monkeypatch.setattr(engines, "choose_backend", lambda provider: ("openvino", "backend auto: OpenVINO, because"))
+    monkeypatch.setattr(openvino_engine.OpenVinoEngine, "__init__", refuse)
+    with open_engine(model, threads=1) as engine:
+        assert type(engine).__name__ == "OnnxRuntimeEngine"
+        assert "OpenVINO could not open the model" in engine.notices[0] and "unsupported operation Foo" in engine.notices[0]
+    with pytest.raises(FuseError, match="unsupported operation Foo"):
+        open_engine(model, backend="openvino")
+
+
 def test_auto_backend_on_this_machine_is_what_choose_backend_says(model: Path) -> None:
     backend, why = choose_backend()
     with open_engine(model, threads=1) as engine:
@@ -179,6 +195,8 @@ def _write(path: Path, content: bytes) -> Path:
         (lambda d: _write(d / "model.pt", b"weights"), {}, "unknown engine type '.pt'"),
         (lambda d: _write(d / "model.onnx", b"not an onnx graph"), {"provider": "cpu"}, "ONNX Runtime cannot load the model"),
         (lambda d: _write(d / "model.onnx", b""), {"provider": "cpu"}, "ONNX Runtime cannot load the model"),
+        # auto: whatever it tries first (OpenVINO on an AMX CPU), the answer is ONNX Runtime's message
+        (lambda d: _write(d / "model.onnx", b"still not a graph"), {}, "ONNX Runtime cannot load the model"),
         (lambda d: _write(d / "model.plan", b"\x00" * 64), {"provider": "cpu"}, "runs only on TensorRT"),
         (lambda d: _write(d / "model.plan", b"\x00" * 64), {}, "TensorRT|manifest"),
         (lambda d: write_max_fusion_onnx(d / "m.onnx"), {"provider": "gpu"}, "unknown provider 'gpu'"),
