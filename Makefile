@@ -10,6 +10,6 @@ demo:
 test:
 	bash .ci/run
 
-# Reproduce the release model from the shared data (about 60-75 min on a 2-core CPU).
+# Reproduce the release model from the shared data (8 min on a 2-core AMX CPU, 60-75 min on 2 AVX2 cores).
 release-model:
 	PYTHON=$(PYTHON) bash scripts/release_model.sh $(OUT)
