@@ -34,6 +34,7 @@ from tqdm import tqdm
 from benchmarks.report import machine_info, machine_markdown, markdown_table, write_json, write_text
 from fuse_runtime import baselines, metrics
 from fuse_runtime.atomic import atomic_path
+from fuse_runtime.engines import BACKEND_CHOICES, PROVIDER_CHOICES
 from fuse_runtime.errors import FuseError
 from fuse_runtime.pairing import TASKS, Pair, PairProblem, find_pairs, load_pair
 from fuse_runtime.preprocess import PreprocessConfig, prepare_pair, restore_geometry
@@ -427,14 +428,14 @@ def _put_text(image: np.ndarray, text: str, origin: tuple[int, int], colour: tup
 )
 @click.option(
     "--provider",
-    type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]),
+    type=click.Choice(PROVIDER_CHOICES),
     default="auto",
     show_default=True,
     help="ONNX Runtime execution provider for --engine model.onnx (a .plan always runs on TensorRT).",
 )
 @click.option(
     "--backend",
-    type=click.Choice(["auto", "onnxruntime", "openvino", "tensorrt"]),
+    type=click.Choice(BACKEND_CHOICES),
     default="auto",
     show_default=True,
     help="Inference library for --engine, as fuse-run --backend (openvino: bf16 where the CPU has it natively).",
