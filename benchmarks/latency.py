@@ -86,7 +86,8 @@ TORCH_PRECISIONS = {"pytorch-eager": "fp32", "pytorch-autocast": "fp16 (cuda) / 
 """What a PyTorch row's precision is before its process says (it decides cuda or cpu)."""
 ONNX_BACKENDS = ("onnxruntime-cpu", "onnxruntime-cuda", "openvino-cpu")
 FUSE_RUN_BACKENDS = {"fuse-run": "auto", "fuse-run-openvino": "openvino"}
-"""fuse-run rows and the ``--backend`` each passes (auto: ONNX Runtime for .onnx, TensorRT for .plan)."""
+"""fuse-run rows and the ``--backend`` each passes. ``fuse-run`` also names ``--provider`` (cpu, or auto on a
+GPU), which makes auto pick ONNX Runtime for a .onnx (TensorRT for a .plan), so that row stays ONNX Runtime."""
 PLAN_SUFFIXES = (".plan", ".engine")
 
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
