@@ -13,14 +13,14 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import click
 from click.core import ParameterSource
 
 from fuse_runtime.errors import FuseError
 from fuse_runtime.preprocess import PreprocessConfig
-from fuse_train.config import LossWeights, TrainConfig
+from fuse_train.config import DetailTarget, Head, LossWeights, TrainConfig
 
 #: Exit status for a FuseError (a problem the user can fix); click's usage errors also exit 2.
 EXIT_USER_ERROR = 2
@@ -62,7 +62,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("--intensity-jitter", "", "intensity_jitter", "Contrast gain jitter: intensities × a gain in [1 − j, 1 + j] (fraction).", float),
     Setting("--checkpoint-every", "", "checkpoint_every", "Write epoch_NNN.pt every this many epochs.", click.IntRange(min=1)),
     Setting("--imagenet", "", "imagenet", "Start the encoders from torchvision's ImageNet ResNet34 when it is in the local cache (never downloaded); --no-imagenet: random initialisation.", bool, secondary="--no-imagenet"),
-    Setting("--head", "", "head", "Output head: design = the design document's (decoder features only, finest skip at 1/4 size); blend = also sees both sources at full size and outputs a per-pixel blend plus bounded detail (sharper).", click.Choice(["design", "blend"])),
+    Setting("--head", "", "head", "Output head: design = the design document's (decoder features only, finest skip at 1/4 size); blend = also sees both sources at full size and outputs a per-pixel blend plus bounded detail (sharper); select = blend starting from a soft per-pixel maximum of the sources.", click.Choice(list(get_args(Head)))),
     Setting("--num-workers", "", "num_workers", "DataLoader worker processes (images are cached in memory, so 0 is usually enough).", click.IntRange(min=0)),
     Setting("--max-pairs", "", "max_pairs", "Use at most this many pairs, spread over patients; for quick smoke runs.", click.IntRange(min=2)),
     Setting("--min-foreground", "", "min_foreground", "Skip volume slices with less than this fraction of pixels above 5% intensity in both images.", float),
@@ -80,6 +80,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("--w-consistency", "loss", "consistency", "Weight of the consistency loss (MSE to both sources).", float),
     Setting("--w-gradient", "loss", "gradient", "Weight of the gradient loss (L1 of gradients to each source).", float),
     Setting("--w-medical", "loss", "medical", "Weight of the medical loss (MSE on bright regions of each source).", float),
+    Setting("--detail-gain", "loss", "detail_gain", "Detail loss target = this × the larger source gradient (1: the design's; above 1 sharpens).", float),
+    Setting("--detail-target", "loss", "detail_target", "Detail loss matches the larger source gradient's magnitude (the design's) or its Sobel x/y vector (orientation too).", click.Choice(list(get_args(DetailTarget)))),
     Setting("--medical-threshold", "loss", "medical_threshold", "Intensity in [0,1] above which pixels form the medical loss masks.", float),
 )
 

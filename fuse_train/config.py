@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from fuse_runtime.preprocess import PreprocessConfig
 
 Task = Literal["ct-mri", "vis-ir"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
-Head = Literal["design", "blend"]
+Head = Literal["design", "blend", "select"]
+DetailTarget = Literal["magnitude", "vector"]
 
 #: Modality names per task: the first takes the 3-channel input, the second the 1-channel input.
 TASK_MODALITIES: dict[str, tuple[str, str]] = {"ct-mri": ("ct", "mri"), "vis-ir": ("vis", "ir")}
@@ -27,10 +28,18 @@ class LossWeights:
     medical: float = 10.0
     medical_threshold: float = 0.5
     """Pixels brighter than this (in [0,1]) form the medical loss masks."""
+    detail_gain: float = 1.0
+    """The detail loss's target is this × the larger source gradient (design: 1, match the sources);
+    above 1 it asks for edges sharper than either source's."""
+    detail_target: DetailTarget = "magnitude"
+    """What the detail loss matches: "magnitude" (the design's: Sobel strength only) or "vector" (the
+    Sobel x/y vector of the stronger source, so edge orientation counts too)."""
 
     def __post_init__(self) -> None:
+        if self.detail_target not in get_args(DetailTarget):
+            raise ValueError(f"detail_target must be one of {', '.join(get_args(DetailTarget))}, got {self.detail_target!r}")
         for f in fields(self):
-            if getattr(self, f.name) < 0:
+            if f.name != "detail_target" and getattr(self, f.name) < 0:
                 raise ValueError(f"loss weight {f.name} must be >= 0, got {getattr(self, f.name)}")
 
 
@@ -65,7 +74,8 @@ class TrainConfig:
     max_pairs: int | None = None
     """Use at most this many pairs, taken round-robin over patients (None: all); for smoke runs."""
     head: Head = "design"
-    """Output head of FusionNet: "design" (the design's) or "blend" (sees the sources at full size)."""
+    """Output head of FusionNet: "design" (the design's), "blend" (sees the sources at full size) or
+    "select" (blend, starting from a soft per-pixel maximum of the sources)."""
     min_foreground: float = 0.01
     """Volume slices with less than this fraction of pixels above 5% intensity in both images are skipped."""
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
@@ -91,8 +101,8 @@ class TrainConfig:
             raise ValueError(f"min_foreground must be in [0, 1), got {self.min_foreground}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
-        if self.head not in ("design", "blend"):
-            raise ValueError(f"head must be design or blend, got {self.head!r}")
+        if self.head not in get_args(Head):
+            raise ValueError(f"head must be one of {', '.join(get_args(Head))}, got {self.head!r}")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
 

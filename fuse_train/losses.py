@@ -15,12 +15,13 @@ All inputs are in [0,1]. The loss is always computed in float32, also under bf16
 from __future__ import annotations
 
 from functools import partial
+from typing import get_args
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fuse_train.config import LossWeights
+from fuse_train.config import DetailTarget, LossWeights
 
 #: Component names, in the order of the design (and of the logged history columns).
 COMPONENTS: tuple[str, ...] = ("content", "structure", "detail", "consistency", "gradient", "medical")
@@ -54,20 +55,32 @@ class FusionLoss(nn.Module):
         _check_shapes(fused, first, second)
         with torch.autocast(device_type=fused.device.type, enabled=False):
             parts = medical_fusion_losses(
-                fused.float(), first.float(), second.float(), threshold=self.weights.medical_threshold
+                fused.float(),
+                first.float(),
+                second.float(),
+                threshold=self.weights.medical_threshold,
+                detail_gain=self.weights.detail_gain,
+                detail_target=self.weights.detail_target,
             )
             total = sum(getattr(self.weights, name) * parts[name] for name in COMPONENTS)
         return total, {name: parts[name].detach() for name in COMPONENTS}
 
 
 def medical_fusion_losses(
-    fused: torch.Tensor, first: torch.Tensor, second: torch.Tensor, threshold: float = 0.5
+    fused: torch.Tensor,
+    first: torch.Tensor,
+    second: torch.Tensor,
+    threshold: float = 0.5,
+    detail_gain: float = 1.0,
+    detail_target: DetailTarget = "magnitude",
 ) -> dict[str, torch.Tensor]:
     """The six unweighted components (not detached) for fused/first [N,3,H,W], second [N,1,H,W].
 
     content     L1(gray(fused), max(gray(first), second))
     structure   ½[(1 − SSIM(fused, first)) + (1 − SSIM(gray(fused), second))]
-    detail      L1(∇fused, max(∇first, ∇second))
+    detail      L1(∇fused, k·max(∇first, ∇second)), k = detail_gain (design: 1); with
+                detail_target "vector", L1 of the Sobel (x, y) vector of fused to k × the vector of
+                whichever source has the larger ∇ at that pixel (edge orientation too, not only strength)
     consistency ½[MSE(fused, first) + MSE(fused, second×3)]
     gradient    ½[L1(∇fused, ∇first) + L1(∇fused, ∇second)]
     medical     ½[MSE(gray(fused)·m₁, gray(first)·m₁) + MSE(gray(fused)·m₂, second·m₂)],
@@ -78,15 +91,21 @@ def medical_fusion_losses(
     fused_gray = to_gray(fused)
     first_gray = to_gray(first)
     second_gray = second
-    grad_fused = sobel_magnitude(fused_gray)
-    grad_first = sobel_magnitude(first_gray)
-    grad_second = sobel_magnitude(second_gray)
+    sobel_fused, sobel_first, sobel_second = (sobel_xy(image) for image in (fused_gray, first_gray, second_gray))
+    grad_fused, grad_first, grad_second = (_magnitude(xy) for xy in (sobel_fused, sobel_first, sobel_second))
+    if detail_target == "vector":
+        stronger = torch.where(grad_first >= grad_second, sobel_first, sobel_second)
+        detail = F.l1_loss(sobel_fused, detail_gain * stronger)
+    elif detail_target == "magnitude":
+        detail = F.l1_loss(grad_fused, detail_gain * torch.maximum(grad_first, grad_second))
+    else:
+        raise ValueError(f"detail_target must be one of {', '.join(get_args(DetailTarget))}, got {detail_target!r}")
     first_mask = (first_gray > threshold).to(fused.dtype)
     second_mask = (second_gray > threshold).to(fused.dtype)
     return {
         "content": F.l1_loss(fused_gray, torch.maximum(first_gray, second_gray)),
         "structure": 0.5 * (ssim_loss(fused, first) + ssim_loss(fused_gray, second_gray)),
-        "detail": F.l1_loss(grad_fused, torch.maximum(grad_first, grad_second)),
+        "detail": detail,
         "consistency": 0.5 * (F.mse_loss(fused, first) + F.mse_loss(fused, second_gray.expand_as(fused))),
         "gradient": 0.5 * (F.l1_loss(grad_fused, grad_first) + F.l1_loss(grad_fused, grad_second)),
         "medical": 0.5
@@ -133,10 +152,18 @@ def sobel_magnitude(gray: torch.Tensor) -> torch.Tensor:
 
     Unnormalised kernels (a unit step gives 4), as in scipy.ndimage.sobel.
     """
+    return _magnitude(sobel_xy(gray))
+
+
+def sobel_xy(gray: torch.Tensor) -> torch.Tensor:
+    """3×3 Sobel derivatives (d/dx, d/dy) of gray [N,1,H,W], zero padding → [N,2,H,W]."""
     kx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], dtype=gray.dtype, device=gray.device)
     kernels = torch.stack([kx, kx.t()]).unsqueeze(1)  # [2,1,3,3]: d/dx, d/dy
-    g = F.conv2d(gray, kernels, padding=1)
-    return torch.sqrt(g[:, 0:1] ** 2 + g[:, 1:2] ** 2 + SOBEL_EPS)
+    return F.conv2d(gray, kernels, padding=1)
+
+
+def _magnitude(xy: torch.Tensor) -> torch.Tensor:
+    return torch.sqrt(xy[:, 0:1] ** 2 + xy[:, 1:2] ** 2 + SOBEL_EPS)
 
 
 def _check_shapes(fused: torch.Tensor, first: torch.Tensor, second: torch.Tensor) -> None:

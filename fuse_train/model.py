@@ -22,9 +22,10 @@ from fuse_train.attention import DualAttentionFusion, MedicalAttention
 from fuse_train.encoders import ENCODER_CHANNELS, ResNetEncoder, imagenet_state_dict, resnet34_backbone
 
 ParameterGroup = Literal["encoder", "fusion", "decoder"]
-Head = Literal["design", "blend"]
-#: Output heads: "design" (the design's decoder head) and "blend" (sees the sources at full size).
-HEADS: tuple[Head, ...] = ("design", "blend")
+Head = Literal["design", "blend", "select"]
+#: Output heads: "design" (the design's decoder head), "blend" (sees the sources at full size) and
+#: "select" (the blend head starting from a soft per-pixel maximum of the sources).
+HEADS: tuple[Head, ...] = ("design", "blend", "select")
 #: Optimiser groups in a fixed order (design: encoders 0.1×, fusion 0.5×, decoder 1× the base LR).
 PARAMETER_GROUPS: tuple[ParameterGroup, ...] = ("encoder", "fusion", "decoder")
 #: Input sides must be multiples of this (the encoders' total stride).
@@ -38,6 +39,13 @@ BLEND_RESIDUAL_RANGE = 0.5
 #: Initial bias of the medical attention's last conv with the blend head: sigmoid(3) ≈ 0.95, so the
 #: gate starts almost open instead of halving the image.
 BLEND_ATTENTION_BIAS = 3.0
+#: The select head's fixed prior on the blend logit per unit of (first − second) in [0,1] units: a
+#: difference of 0.05 (13 gray levels) already gives w = sigmoid(2.5) ≈ 0.92, so an untrained head
+#: outputs a soft per-pixel maximum; the learnt logit moves it from there.
+SELECT_GAIN = 50.0
+#: Initial bias of the medical attention's last conv with the select head: sigmoid(5) ≈ 0.993, so the
+#: starting maximum is not dimmed.
+SELECT_ATTENTION_BIAS = 5.0
 
 
 class FusionNet(nn.Module):
@@ -56,7 +64,9 @@ class FusionNet(nn.Module):
             conv3×3 32→16, BN, ReLU, conv1×1 16→3, sigmoid). ``"blend"`` — :class:`BlendHead`, which
             also sees both sources at full size and outputs a per-pixel blend of them plus a bounded
             detail term; the design's head has no full-resolution input (its finest skip is H/4), so
-            it cannot reproduce the sources' finest edges.
+            it cannot reproduce the sources' finest edges. ``"select"`` — the same head with a fixed
+            prior ``SELECT_GAIN · (first − second)`` added to its blend logit, so it starts from a soft
+            per-pixel maximum of the sources (what the content loss asks for) instead of their mean.
 
     Attributes:
         modalities: the two modality names.
@@ -97,10 +107,11 @@ class FusionNet(nn.Module):
                 nn.Sigmoid(),
             )
         else:
-            self.final = BlendHead()
+            self.final = BlendHead(select_gain=SELECT_GAIN if head == "select" else 0.0)
         self.medical_attention = MedicalAttention()
-        if head == "blend":
-            nn.init.constant_(self.medical_attention[2].bias, BLEND_ATTENTION_BIAS)
+        if head != "design":
+            bias = SELECT_ATTENTION_BIAS if head == "select" else BLEND_ATTENTION_BIAS
+            nn.init.constant_(self.medical_attention[2].bias, bias)
         self._encoders_frozen = False
 
     @property
@@ -175,10 +186,13 @@ class BlendHead(nn.Module):
     ReLU layers and a conv1×1 give per-pixel, per-channel blend weights ``w = sigmoid(·)`` and a detail
     term ``r = BLEND_RESIDUAL_RANGE · tanh(·)``. The last conv starts at zero, so an untrained head
     outputs the mean of the sources; maximum-like selection (w → 0 or 1) and edge detail are learnt.
+    ``select_gain`` > 0 adds the fixed ``select_gain · (first − second)`` to the blend logit, so the
+    untrained head outputs a soft per-pixel maximum instead; a sigmoid learns saturation slowly.
     """
 
-    def __init__(self, channels: int = HEAD_CHANNELS, hidden: int = HEAD_HIDDEN) -> None:
+    def __init__(self, channels: int = HEAD_CHANNELS, hidden: int = HEAD_HIDDEN, select_gain: float = 0.0) -> None:
         super().__init__()
+        self.select_gain = float(select_gain)
         self.upsample = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
         self.body = nn.Sequential(
             *_conv_bn_relu(channels + 4, hidden),
@@ -190,7 +204,10 @@ class BlendHead(nn.Module):
 
     def forward(self, features: torch.Tensor, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
         out = self.body(torch.cat([self.upsample(features), first, second], dim=1))
-        weight = torch.sigmoid(out[:, :3])
+        logit = out[:, :3]
+        if self.select_gain:
+            logit = logit + self.select_gain * (first - second)
+        weight = torch.sigmoid(logit)
         detail = BLEND_RESIDUAL_RANGE * torch.tanh(out[:, 3:])
         return (weight * first + (1 - weight) * second + detail).clamp(0.0, 1.0)
 

@@ -3,6 +3,7 @@ total, gradients, bf16 autocast, and the SSIM / Sobel operators checked against 
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -18,6 +19,7 @@ from fuse_train.losses import (
     FusionLoss,
     medical_fusion_losses,
     sobel_magnitude,
+    sobel_xy,
     ssim_loss,
     ssim_map,
     to_gray,
@@ -212,3 +214,35 @@ def test_sobel_matches_scipy(pair: tuple[torch.Tensor, torch.Tensor]) -> None:
     step = torch.zeros(1, 1, 8, 8, dtype=torch.float64)
     step[..., 4:] = 1.0
     assert sobel_magnitude(step)[0, 0, 4, 3].item() == pytest.approx(4.0)
+
+
+def test_detail_gain_scales_the_detail_target(pair: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """With identical sources the design's detail loss is 0; gain k asks for k× their gradient, so the
+    loss becomes (k − 1)·mean(∇source), and no other component moves."""
+    gray = pair[0][:, :1]
+    rgb = gray.expand(-1, 3, -1, -1)
+    _, design = FusionLoss(LossWeights())(rgb, rgb, gray)
+    _, sharper = FusionLoss(LossWeights(detail_gain=1.5))(rgb, rgb, gray)
+    expected = 0.5 * sobel_magnitude(gray.double()).mean().item()
+    assert design["detail"].item() == pytest.approx(0.0, abs=1e-5)
+    assert sharper["detail"].item() == pytest.approx(expected, rel=1e-4)
+    for name in set(COMPONENTS) - {"detail"}:
+        assert sharper[name].item() == pytest.approx(design[name].item(), abs=1e-6), name
+
+
+def test_vector_detail_target_sees_edge_orientation(pair: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """The negated CT has exactly the CT's gradient strength with every edge reversed (and the same
+    zero border): the design's magnitude detail loss cannot tell them apart, the vector target charges
+    2× the CT's mean Sobel derivative."""
+    ct = pair[0]
+    flat_mri = torch.zeros_like(ct[:, :1])
+    losses = partial(medical_fusion_losses, first=ct, second=flat_mri)
+    assert losses(-ct)["detail"].item() == pytest.approx(losses(ct)["detail"].item(), abs=1e-5)
+    assert losses(ct, detail_target="vector")["detail"].item() == pytest.approx(0.0, abs=1e-6)
+    expected = 2 * sobel_xy(to_gray(ct)).abs().mean().item()
+    assert losses(-ct, detail_target="vector")["detail"].item() == pytest.approx(expected, rel=1e-4)
+
+
+def test_unknown_detail_target_is_refused() -> None:
+    with pytest.raises(ValueError, match="detail_target must be one of magnitude, vector"):
+        LossWeights(detail_target="angle")

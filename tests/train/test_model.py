@@ -285,8 +285,16 @@ def test_set_encoders_frozen_rejects_other_modules() -> None:
         set_encoders_frozen(torch.nn.Linear(2, 2), True)
 
 
-def test_exports_to_onnx_with_dynamic_batch(model: FusionNet) -> None:
+@pytest.fixture(scope="module")
+def select_model() -> FusionNet:
+    torch.manual_seed(0)
+    return FusionNet(imagenet=False, head="select").eval()
+
+
+@pytest.mark.parametrize("head", ["design", "blend", "select"])
+def test_exports_to_onnx_with_dynamic_batch(head: str, model: FusionNet, select_model: FusionNet) -> None:
     """Traceable without data-dependent control flow: ONNX Runtime matches eager at another batch size."""
+    model = {"design": model, "select": select_model}.get(head) or FusionNet(imagenet=False, head=head).eval()
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("error", torch.jit.TracerWarning)
@@ -349,6 +357,21 @@ def test_blend_head_trains_its_head_and_keeps_the_parameter_groups() -> None:
     assert sum(p.numel() for p in net.parameters()) > EXPECTED_PARAMETERS
 
 
+def test_untrained_select_head_outputs_a_soft_maximum_of_the_sources(select_model: FusionNet) -> None:
+    """Where the sources differ by 0.1 or more the select head starts within 0.02 of their maximum
+    (0.01 on average; far from their mean), and the gate starts open."""
+    first, second = _inputs(2, 64, 96, seed=7)
+    gray = first[:, :1].expand_as(first).contiguous()
+    with torch.no_grad():
+        fused = select_model(gray, second)
+    maximum, mean = torch.maximum(gray, second), (gray + second) / 2
+    clear = (gray - second).abs().expand_as(fused) > 0.1
+    assert (fused - maximum)[clear].abs().max() < 0.02
+    assert (fused - maximum)[clear].abs().mean() < 0.01
+    assert (fused - mean)[clear].abs().mean() > 0.1
+    assert torch.sigmoid(select_model.medical_attention[2].bias).min() > 0.99
+
+
 def test_unknown_head_is_refused() -> None:
-    with pytest.raises(ValueError, match="head must be one of design, blend"):
+    with pytest.raises(ValueError, match="head must be one of design, blend, select"):
         FusionNet(imagenet=False, head="unet")
