@@ -17,7 +17,7 @@ def test_release_configs_build_and_state_their_changes(name: str, task: str) -> 
     config = build_config(RELEASE / name, {})
     design = TrainConfig()
     assert config.task == task
-    assert config.head == "blend" and design.head == "design"
+    assert config.head == "select" and design.head == "design"
     assert config.preprocess.clahe is False and design.preprocess.clahe is True
     assert config.crop_size == 96 and config.imagenet is False
     assert config.epochs * (config.preprocess.image_size // config.crop_size) ** 2 <= 4 * design.epochs
@@ -25,15 +25,22 @@ def test_release_configs_build_and_state_their_changes(name: str, task: str) -> 
     assert all(getattr(config, field) == getattr(design, field) for field in unchanged)
 
 
-def test_ctmri_release_raises_only_the_detail_weight() -> None:
+def test_ctmri_release_changes_only_the_stated_loss_settings() -> None:
+    """README "Release model": vector detail target ×1.2 at weight 100, structure 2, no consistency or
+    gradient term; content and medical stay the design's."""
     loss = build_config(RELEASE / "ctmri.json", {}).loss
     design = LossWeights()
-    assert loss.detail > design.detail
-    assert {k: v for k, v in vars(loss).items() if k != "detail"} == {
-        k: v for k, v in vars(design).items() if k != "detail"
-    }
+    changed = {k for k, v in vars(loss).items() if v != getattr(design, k)}
+    assert changed == {"detail", "detail_gain", "detail_target", "structure", "consistency", "gradient"}
+    assert loss.detail_target == "vector" and loss.detail_gain > 1.0 and loss.detail > design.detail
+    assert loss.consistency == 0.0 and loss.gradient == 0.0 and loss.structure < design.structure
+
+
+def test_visir_pretraining_keeps_the_design_loss() -> None:
+    assert build_config(RELEASE / "visir.json", {}).loss == LossWeights()
 
 
 def test_command_line_overrides_the_release_file() -> None:
-    config = build_config(RELEASE / "ctmri.json", {"epochs": 3, "loss__detail": 5.0})
-    assert config.epochs == 3 and config.loss.detail == 5.0 and config.head == "blend"
+    config = build_config(RELEASE / "ctmri.json", {"epochs": 3, "loss__detail": 5.0, "loss__detail_target": "magnitude"})
+    assert config.epochs == 3 and config.loss.detail == 5.0 and config.head == "select"
+    assert config.loss.detail_target == "magnitude" and config.loss.detail_gain == 1.2
