@@ -3,8 +3,8 @@
 #   vis-ir pretraining -> CT-MRI fine-tuning -> ONNX export with parity -> quality report on the test folder.
 # Usage: scripts/release_model.sh [OUT]   (default OUT: release/<timestamp>; an existing OUT is refused)
 # Data: $FUSE_SHARED_DATA, else ../shared/data beside the repository (vis-ir/ and harvard/ct-mri-{train,test}/).
-# Expected wall time: 8 minutes on a 2-core CPU with AMX (bf16, measured), 60-75 minutes on one without
-# native bf16 (AVX2, fp32), a few minutes on one GPU.
+# Expected wall time: 13 minutes on a 2-core CPU with AVX512-BF16 or AMX (bf16, measured on an AMD EPYC),
+# about 18 in fp32 on AVX-512, about 2 hours on 2 AVX2-only cores (fp32, estimated), a few minutes on one GPU.
 # The recipe is configs/release/*.json; README "Release model" says what differs from the design and why.
 set -euo pipefail
 cd "$(dirname "$0")/.."
