@@ -12,20 +12,20 @@ BatchNorm layers in eval mode, so running statistics do not drift while "frozen"
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import nn
 from torch.nn.parallel import DataParallel, DistributedDataParallel
 
 from fuse_train.attention import DualAttentionFusion, MedicalAttention
+from fuse_train.config import Head
 from fuse_train.encoders import ENCODER_CHANNELS, ResNetEncoder, imagenet_state_dict, resnet34_backbone
 
 ParameterGroup = Literal["encoder", "fusion", "decoder"]
-Head = Literal["design", "blend", "select"]
-#: Output heads: "design" (the design's decoder head), "blend" (sees the sources at full size) and
-#: "select" (the blend head starting from a soft per-pixel maximum of the sources).
-HEADS: tuple[Head, ...] = ("design", "blend", "select")
+#: Output heads (``fuse_train.config.Head``): "design" (the design's decoder head), "blend" (sees the
+#: sources at full size) and "select" (the blend head starting from a soft per-pixel maximum).
+HEADS: tuple[Head, ...] = get_args(Head)
 #: Optimiser groups in a fixed order (design: encoders 0.1×, fusion 0.5×, decoder 1× the base LR).
 PARAMETER_GROUPS: tuple[ParameterGroup, ...] = ("encoder", "fusion", "decoder")
 #: Input sides must be multiples of this (the encoders' total stride).

@@ -12,9 +12,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fuse_runtime.pairing import find_pairs, patient_id
+from fuse_runtime.pairing import find_pairs
 from fuse_train.config import TrainConfig
-from fuse_train.data import split_groups
+from fuse_train.data import group_of, split_groups
 
 
 def main() -> None:
@@ -28,10 +28,10 @@ def main() -> None:
     if args.out.exists():
         parser.error(f"{args.out} already exists; pass a new folder")
     pairs = find_pairs(args.train_dir, task="ct-mri").pairs
-    _, val = split_groups(sorted({patient_id(p.name) for p in pairs}), args.val_fraction, args.seed)
+    _, val = split_groups([group_of(p.name, "ct-mri") for p in pairs], args.val_fraction, args.seed)
     for modality in ("CT", "MRI"):
         (args.out / modality).mkdir(parents=True)
-    held_out = [p for p in pairs if patient_id(p.name) in val]
+    held_out = [p for p in pairs if group_of(p.name, "ct-mri") in val]
     for pair in held_out:
         for modality, source in (("CT", pair.first), ("MRI", pair.second)):
             (args.out / modality / Path(source).name).symlink_to(Path(source).resolve())
