@@ -10,6 +10,6 @@ demo:
 test:
 	bash .ci/run
 
-# Reproduce the release model from the shared data (13 min measured on 2 AVX512-BF16 cores; about 2 h on 2 AVX2-only cores).
+# Reproduce the release model from the shared data (13 min measured on 2 AVX512-BF16 cores, about 23 min on 2 AVX2-only cores).
 release-model:
 	PYTHON=$(PYTHON) bash scripts/release_model.sh $(OUT)
