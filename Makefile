@@ -10,6 +10,6 @@ demo:
 test:
 	bash .ci/run
 
-# Reproduce the release model from the shared data (13 min measured on 2 AVX512-BF16 cores, about 23 min on 2 AVX2-only cores).
+# Reproduce the release model from the shared data (measured on 2 cores: 13 min with AVX512-BF16, 15–23 min AVX2-only).
 release-model:
 	PYTHON=$(PYTHON) bash scripts/release_model.sh $(OUT)

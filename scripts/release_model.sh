@@ -4,7 +4,7 @@
 # Usage: scripts/release_model.sh [OUT]   (default OUT: release/<timestamp>; an existing OUT is refused)
 # Data: $FUSE_SHARED_DATA, else ../shared/data beside the repository (vis-ir/ and harvard/ct-mri-{train,test}/).
 # Expected wall time: 13 minutes on a 2-core CPU with AVX512-BF16 or AMX (bf16, measured on an AMD EPYC),
-# about 18 in fp32 on AVX-512, about 23 on 2 AVX2-only cores (fp32; trainings measured 96 s + 1112 s), a few minutes on one GPU.
+# about 18 in fp32 on AVX-512, 15-23 on 2 AVX2-only cores (fp32, measured), a few minutes on one GPU.
 # The recipe is configs/release/*.json; README "Release model" says what differs from the design and why.
 set -euo pipefail
 cd "$(dirname "$0")/.."
