@@ -34,10 +34,17 @@ class LossWeights:
     detail_target: DetailTarget = "magnitude"
     """What the detail loss matches: "magnitude" (the design's: Sobel strength only) or "vector" (the
     Sobel x/y vector of the stronger source, so edge orientation counts too)."""
+    detail_saturation: float = 1.0
+    """Where the first source (CT) is brighter than this (in [0,1]), the detail target is the first
+    source's own gradient, not the stronger one's: saturated bone has no gradient of its own and
+    cannot be drawn brighter, so edges copied there from the MRI can only darken it. 1 (the design's)
+    turns this off, as no pixel is brighter than 1."""
 
     def __post_init__(self) -> None:
         if self.detail_target not in get_args(DetailTarget):
             raise ValueError(f"detail_target must be one of {', '.join(get_args(DetailTarget))}, got {self.detail_target!r}")
+        if not 0.0 <= self.detail_saturation <= 1.0:
+            raise ValueError(f"detail_saturation must be in [0, 1], got {self.detail_saturation}")
         for f in fields(self):
             if f.name != "detail_target" and getattr(self, f.name) < 0:
                 raise ValueError(f"loss weight {f.name} must be >= 0, got {getattr(self, f.name)}")

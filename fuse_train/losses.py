@@ -61,6 +61,7 @@ class FusionLoss(nn.Module):
                 threshold=self.weights.medical_threshold,
                 detail_gain=self.weights.detail_gain,
                 detail_target=self.weights.detail_target,
+                detail_saturation=self.weights.detail_saturation,
             )
             total = sum(getattr(self.weights, name) * parts[name] for name in COMPONENTS)
         return total, {name: parts[name].detach() for name in COMPONENTS}
@@ -73,6 +74,7 @@ def medical_fusion_losses(
     threshold: float = 0.5,
     detail_gain: float = 1.0,
     detail_target: DetailTarget = "magnitude",
+    detail_saturation: float = 1.0,
 ) -> dict[str, torch.Tensor]:
     """The six unweighted components (not detached) for fused/first [N,3,H,W], second [N,1,H,W].
 
@@ -80,7 +82,8 @@ def medical_fusion_losses(
     structure   ½[(1 − SSIM(fused, first)) + (1 − SSIM(gray(fused), second))]
     detail      L1(∇fused, k·max(∇first, ∇second)), k = detail_gain (design: 1); with
                 detail_target "vector", L1 of the Sobel (x, y) vector of fused to k × the vector of
-                whichever source has the larger ∇ at that pixel (edge orientation too, not only strength)
+                whichever source has the larger ∇ at that pixel (edge orientation too, not only strength);
+                where gray(first) > detail_saturation the target is first's own ∇ (or vector) instead
     consistency ½[MSE(fused, first) + MSE(fused, second×3)]
     gradient    ½[L1(∇fused, ∇first) + L1(∇fused, ∇second)]
     medical     ½[MSE(gray(fused)·m₁, gray(first)·m₁) + MSE(gray(fused)·m₂, second·m₂)],
@@ -93,11 +96,11 @@ def medical_fusion_losses(
     second_gray = second
     sobel_fused, sobel_first, sobel_second = (sobel_xy(image) for image in (fused_gray, first_gray, second_gray))
     grad_fused, grad_first, grad_second = (_magnitude(xy) for xy in (sobel_fused, sobel_first, sobel_second))
+    take_first = (grad_first >= grad_second) | (first_gray > detail_saturation)
     if detail_target == "vector":
-        stronger = torch.where(grad_first >= grad_second, sobel_first, sobel_second)
-        detail = F.l1_loss(sobel_fused, detail_gain * stronger)
+        detail = F.l1_loss(sobel_fused, detail_gain * torch.where(take_first, sobel_first, sobel_second))
     elif detail_target == "magnitude":
-        detail = F.l1_loss(grad_fused, detail_gain * torch.maximum(grad_first, grad_second))
+        detail = F.l1_loss(grad_fused, detail_gain * torch.where(take_first, grad_first, grad_second))
     else:
         raise ValueError(f"detail_target must be one of {', '.join(get_args(DetailTarget))}, got {detail_target!r}")
     first_mask = (first_gray > threshold).to(fused.dtype)

@@ -246,3 +246,25 @@ def test_vector_detail_target_sees_edge_orientation(pair: tuple[torch.Tensor, to
 def test_unknown_detail_target_is_refused() -> None:
     with pytest.raises(ValueError, match="detail_target must be one of magnitude, vector"):
         LossWeights(detail_target="angle")
+
+
+@pytest.mark.parametrize("detail_target", ["magnitude", "vector"])
+def test_detail_saturation_keeps_mri_edges_out_of_saturated_ct(
+    pair: tuple[torch.Tensor, torch.Tensor], detail_target: str
+) -> None:
+    """A CT saturated (1.0) everywhere has no gradient except at the zero-padded border. Fused = that CT:
+    the design's target is the MRI's edges wherever they are stronger, so the loss is positive; with
+    detail_saturation below 1 the target is the CT's own (flat) gradient and the loss is 0. 1 is off."""
+    mri = pair[1]
+    bone = torch.ones_like(mri).expand(-1, 3, -1, -1)
+    losses = partial(medical_fusion_losses, bone, bone, mri, detail_target=detail_target)
+    assert losses()["detail"].item() > 0.01
+    assert losses(detail_saturation=1.0)["detail"].item() == pytest.approx(losses()["detail"].item(), abs=1e-7)
+    assert losses(detail_saturation=0.95)["detail"].item() == pytest.approx(0.0, abs=1e-6)
+    for name in set(COMPONENTS) - {"detail"}:
+        assert losses(detail_saturation=0.95)[name].item() == pytest.approx(losses()[name].item(), abs=1e-7), name
+
+
+def test_detail_saturation_outside_unit_range_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"detail_saturation must be in \[0, 1\], got 1.5"):
+        LossWeights(detail_saturation=1.5)
