@@ -21,10 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fuse_train import metric_losses
 from fuse_train.config import DetailTarget, LossWeights
 
-#: Component names, in the order of the design (and of the logged history columns).
-COMPONENTS: tuple[str, ...] = ("content", "structure", "detail", "consistency", "gradient", "medical")
+#: Component names, in the order of the design (and of the logged history columns); the design's six,
+#: then the two metric terms of :mod:`fuse_train.metric_losses` (weight 0 in the design).
+COMPONENTS: tuple[str, ...] = ("content", "structure", "detail", "consistency", "gradient", "medical", "qabf", "vif")
 #: ITU-R BT.601 luma weights for RGB → gray.
 GRAY_WEIGHTS: tuple[float, float, float] = (0.299, 0.587, 0.114)
 #: SSIM box window side in pixels and stability constants (for data range 1).
@@ -36,7 +38,8 @@ SOBEL_EPS = 1e-8
 
 
 class FusionLoss(nn.Module):
-    """Weighted sum of the content, structure, detail, consistency, gradient and medical losses.
+    """Weighted sum of the content, structure, detail, consistency, gradient and medical losses
+    (the design's six) and the Qabf and VIF terms (off in the design).
 
     ``forward(fused [N,3,H,W], first [N,3,H,W], second [N,1,H,W]) -> (total, components)``; all
     images in [0,1]; ``first`` is the CT (visible) image, ``second`` the MRI (infrared) image.
@@ -76,7 +79,7 @@ def medical_fusion_losses(
     detail_target: DetailTarget = "magnitude",
     detail_saturation: float = 1.0,
 ) -> dict[str, torch.Tensor]:
-    """The six unweighted components (not detached) for fused/first [N,3,H,W], second [N,1,H,W].
+    """The unweighted components (not detached) for fused/first [N,3,H,W], second [N,1,H,W].
 
     content     L1(gray(fused), max(gray(first), second))
     structure   ½[(1 − SSIM(fused, first)) + (1 − SSIM(gray(fused), second))]
@@ -88,6 +91,9 @@ def medical_fusion_losses(
     gradient    ½[L1(∇fused, ∇first) + L1(∇fused, ∇second)]
     medical     ½[MSE(gray(fused)·m₁, gray(first)·m₁) + MSE(gray(fused)·m₂, second·m₂)],
                 m₁ = gray(first) > threshold, m₂ = second > threshold (means over all pixels)
+    qabf        1 − Qabf(first, second, fused) / QABF_PERFECT, the batch's crops pooled
+    vif         1 − ½[VIF(first, fused) + VIF(second, fused)], each pooled over the batch
+                (both on gray × 255, as the metrics of fuse_runtime.metrics; 0 for a perfect fusion)
 
     ∇ is :func:`sobel_magnitude` of the gray image.
     """
@@ -103,6 +109,11 @@ def medical_fusion_losses(
         detail = F.l1_loss(grad_fused, detail_gain * torch.where(take_first, grad_first, grad_second))
     else:
         raise ValueError(f"detail_target must be one of {', '.join(get_args(DetailTarget))}, got {detail_target!r}")
+    fused_8, first_8, second_8 = (255.0 * image for image in (fused_gray, first_gray, second_gray))
+    qabf_kept, qabf_weight = metric_losses.qabf_parts(first_8, second_8, fused_8)
+    vif_first, vif_second = (
+        metric_losses.vif_parts(source, fused_8) for source in (first_8, second_8)
+    )
     first_mask = (first_gray > threshold).to(fused.dtype)
     second_mask = (second_gray > threshold).to(fused.dtype)
     return {
@@ -116,7 +127,15 @@ def medical_fusion_losses(
             F.mse_loss(fused_gray * first_mask, first_gray * first_mask)
             + F.mse_loss(fused_gray * second_mask, second_gray * second_mask)
         ),
+        "qabf": 1.0 - qabf_kept.sum() / qabf_weight.sum().clamp(min=SOBEL_EPS) / metric_losses.QABF_PERFECT,
+        "vif": 1.0 - 0.5 * sum(_pooled_ratio(kept, total) for kept, total in (vif_first, vif_second)),
     }
+
+
+def _pooled_ratio(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
+    """Σ numerator / Σ denominator over a batch; 1 where the batch has nothing to measure (VIF's convention)."""
+    total = denominator.sum()
+    return numerator.sum() / total if total > 0 else torch.ones_like(total)
 
 
 def to_gray(image: torch.Tensor) -> torch.Tensor:
