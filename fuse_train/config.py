@@ -18,7 +18,7 @@ TASK_MODALITIES: dict[str, tuple[str, str]] = {"ct-mri": ("ct", "mri"), "vis-ir"
 
 @dataclass(frozen=True)
 class LossWeights:
-    """Weights of the loss components (design: 15, 8, 5, 3, 2, 10, and 0 for the two metric terms)."""
+    """Weights of the loss components (design: 15, 8, 5, 3, 2, 10, and 0 for the three metric terms)."""
 
     content: float = 15.0
     structure: float = 8.0
@@ -30,6 +30,9 @@ class LossWeights:
     """Weight of 1 − Qabf (differentiable Xydeas–Petrović edge preservation); not in the design."""
     vif: float = 0.0
     """Weight of 1 − ½ΣVIF (differentiable pixel-domain VIF to each source); not in the design."""
+    mi: float = 0.0
+    """Weight of 1 − ΣMI / ΣH (mutual information with each source, soft-binned, over what the
+    sources hold); not in the design."""
     medical_threshold: float = 0.5
     """Pixels brighter than this (in [0,1]) form the medical loss masks."""
     detail_gain: float = 1.0

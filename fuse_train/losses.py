@@ -25,8 +25,10 @@ from fuse_train import metric_losses
 from fuse_train.config import DetailTarget, LossWeights
 
 #: Component names, in the order of the design (and of the logged history columns); the design's six,
-#: then the two metric terms of :mod:`fuse_train.metric_losses` (weight 0 in the design).
-COMPONENTS: tuple[str, ...] = ("content", "structure", "detail", "consistency", "gradient", "medical", "qabf", "vif")
+#: then the three metric terms of :mod:`fuse_train.metric_losses` (weight 0 in the design).
+COMPONENTS: tuple[str, ...] = (
+    "content", "structure", "detail", "consistency", "gradient", "medical", "qabf", "vif", "mi"
+)
 #: ITU-R BT.601 luma weights for RGB → gray.
 GRAY_WEIGHTS: tuple[float, float, float] = (0.299, 0.587, 0.114)
 #: SSIM box window side in pixels and stability constants (for data range 1).
@@ -39,7 +41,7 @@ SOBEL_EPS = 1e-8
 
 class FusionLoss(nn.Module):
     """Weighted sum of the content, structure, detail, consistency, gradient and medical losses
-    (the design's six) and the Qabf and VIF terms (off in the design).
+    (the design's six) and the Qabf, VIF and MI terms (off in the design).
 
     ``forward(fused [N,3,H,W], first [N,3,H,W], second [N,1,H,W]) -> (total, components)``; all
     images in [0,1]; ``first`` is the CT (visible) image, ``second`` the MRI (infrared) image.
@@ -93,7 +95,9 @@ def medical_fusion_losses(
                 m₁ = gray(first) > threshold, m₂ = second > threshold (means over all pixels)
     qabf        1 − Qabf(first, second, fused) / QABF_PERFECT, the batch's crops pooled
     vif         1 − ½[VIF(first, fused) + VIF(second, fused)], each pooled over the batch
-                (both on gray × 255, as the metrics of fuse_runtime.metrics; 0 for a perfect fusion)
+    mi          1 − [MI(first, fused) + MI(second, fused)] / [H(first) + H(second)], mean over the batch
+                (all three on gray × 255, as fuse_runtime.metrics scores them; 0 for a perfect fusion;
+                VIF in float64, whose flat-region variances float32 rounding would swamp)
 
     ∇ is :func:`sobel_magnitude` of the gray image.
     """
@@ -112,7 +116,10 @@ def medical_fusion_losses(
     fused_8, first_8, second_8 = (255.0 * image for image in (fused_gray, first_gray, second_gray))
     qabf_kept, qabf_weight = metric_losses.qabf_parts(first_8, second_8, fused_8)
     vif_first, vif_second = (
-        metric_losses.vif_parts(source, fused_8) for source in (first_8, second_8)
+        metric_losses.vif_parts(source.double(), fused_8.double()) for source in (first_8, second_8)
+    )
+    (mi_first, h_first), (mi_second, h_second) = (
+        metric_losses.mutual_information(source, fused_8) for source in (first_8, second_8)
     )
     first_mask = (first_gray > threshold).to(fused.dtype)
     second_mask = (second_gray > threshold).to(fused.dtype)
@@ -128,7 +135,8 @@ def medical_fusion_losses(
             + F.mse_loss(fused_gray * second_mask, second_gray * second_mask)
         ),
         "qabf": 1.0 - qabf_kept.sum() / qabf_weight.sum().clamp(min=SOBEL_EPS) / metric_losses.QABF_PERFECT,
-        "vif": 1.0 - 0.5 * sum(_pooled_ratio(kept, total) for kept, total in (vif_first, vif_second)),
+        "vif": (1.0 - 0.5 * sum(_pooled_ratio(kept, total) for kept, total in (vif_first, vif_second))).float(),
+        "mi": (1.0 - (mi_first + mi_second) / (h_first + h_second).clamp(min=SOBEL_EPS)).mean(),
     }
 
 

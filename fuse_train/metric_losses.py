@@ -1,4 +1,4 @@
-"""Differentiable Qabf and VIF: the evaluation's edge and information-fidelity metrics as loss terms.
+"""Differentiable Qabf, VIF and SSIM: the evaluation's edge, fidelity and structure metrics as losses.
 
 The design's six losses are proxies for what the fusion tables score. Two of those scores pull
 against each other on CT–MRI (README "Release model"): Xydeas–Petrović Qabf rewards MRI edges drawn
@@ -7,11 +7,12 @@ into saturated CT bone, pixel-domain VIF penalises the darkening that drawing th
 training weigh it as the metrics do. Qabf's strength term, for one, saturates once an edge keeps
 about 70 % of its source's strength, which no L1 on gradients knows.
 
-Both follow :mod:`fuse_runtime.metrics` operation for operation (its Sobel kernels and orientation,
+Each follows :mod:`fuse_runtime.metrics` operation for operation (its Sobel kernels and orientation,
 Qabf's constants and its ``g_X == g_F`` quirk, VIF's Gaussian windows, 'valid' filtering,
-subsampling and clamps), on gray images in [0, 255] held as float tensors ``[N, 1, H, W]``; the one
+subsampling and clamps, scikit-image's 7×7 uniform-window SSIM with ``data_range = 2``; the design's
+structure loss is a different, 11×11 SSIM), on gray images in [0, 255] held as float tensors ``[N, 1, H, W]``; the one
 difference is that nothing is rounded to 8 bits, so gradients exist. tests/train/test_metric_losses.py
-checks both against the numpy metrics on real Harvard pairs. Each returns one value per image;
+checks them against the numpy metrics on real Harvard pairs. Each returns one value per image;
 the ``*_parts`` functions return the numerator and denominator per image instead, so that a loss can
 pool a batch of crops (a crop without edges, or with flat CT, then weighs nothing instead of being
 undefined).
@@ -33,6 +34,8 @@ QABF_PERFECT = (
     metrics.QABF_TG / (1.0 + math.exp(metrics.QABF_KG * (1.0 - metrics.QABF_DG)))
     * metrics.QABF_TA / (1.0 + math.exp(metrics.QABF_KA * (1.0 - metrics.QABF_DA)))
 )
+#: scikit-image's SSIM window for uniform weights.
+_SSIM_WINDOW = 7
 #: Floor of VIF's pooled denominator.
 _EPS = 1e-12
 #: Squared Sobel strength under which an orientation carries no gradient (see _sobel_strength_angle).
@@ -103,6 +106,56 @@ def vif_parts(reference: torch.Tensor, distorted: torch.Tensor) -> tuple[torch.T
         numerator = numerator + torch.log10(1.0 + gain * gain * sigma1_sq / (sv_sq + metrics.VIF_SIGMA_NSQ)).sum(dims)
         denominator = denominator + torch.log10(1.0 + sigma1_sq / metrics.VIF_SIGMA_NSQ).sum(dims)
     return numerator, denominator
+
+
+def ssim(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """SSIM of two [N,1,H,W] images in [0,255] → [N], as :func:`fuse_runtime.metrics.ssim` for one source.
+
+    scikit-image's ``structural_similarity(data_range=2)``: 7×7 uniform window, sample covariance,
+    mean over the pixels whose window lies inside the image (which makes its border mode moot).
+    Its constants are tiny on [0, 255] data, so bright flat regions need float64: in float32,
+    E[x²] − E[x]² at 255 carries rounding noise as large as C2.
+    """
+    window = _SSIM_WINDOW
+    pool = lambda image: F.avg_pool2d(image, window, stride=1)  # noqa: E731
+    c1 = (0.01 * metrics.SSIM_DATA_RANGE) ** 2
+    c2 = (0.03 * metrics.SSIM_DATA_RANGE) ** 2
+    cov_norm = window * window / (window * window - 1)
+    mu_x, mu_y = pool(first), pool(second)
+    var_x = cov_norm * (pool(first * first) - mu_x * mu_x)
+    var_y = cov_norm * (pool(second * second) - mu_y * mu_y)
+    cov = cov_norm * (pool(first * second) - mu_x * mu_y)
+    index = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x * mu_x + mu_y * mu_y + c1) * (var_x + var_y + c2))
+    return index.mean(dim=(1, 2, 3))
+
+
+def mutual_information(source: torch.Tensor, fused: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """MI(source, fused) and the source's entropy H(source), in nats, per image ([N,1,H,W] in [0,255] → [N], [N]).
+
+    As :func:`fuse_runtime.metrics.mutual_information` for one source: the 256×256-bin joint gray
+    histogram, the source's values rounded to levels. ``fused`` is binned softly instead of rounded
+    (a value between two levels splits its count between them, in proportion), which equals the
+    rounded histogram for whole-level images and gives MI a gradient. MI ≤ H(source), with equality
+    when the fused image keeps every distinction the source makes.
+    """
+    batch = source.shape[0]
+    levels = metrics.GRAY_LEVELS
+    source_levels = source.detach().round().clamp(0, levels - 1).long().flatten(1)
+    value = fused.clamp(0.0, levels - 1.0).flatten(1)
+    low = value.detach().floor().clamp(max=levels - 2)
+    upper_share = value - low
+    codes = source_levels * levels + low.long()
+    joint = torch.zeros(batch, levels * levels, dtype=fused.dtype, device=fused.device)
+    joint = joint.scatter_add(1, codes, 1.0 - upper_share).scatter_add(1, codes + 1, upper_share)
+    joint = (joint / value.shape[1]).view(batch, levels, levels)
+    p_source, p_fused = joint.sum(2, keepdim=True), joint.sum(1, keepdim=True)
+    present = joint > 0
+    safe = torch.where(present, joint, 1.0)
+    ratio = safe / torch.where(present, p_source * p_fused, 1.0)
+    information = (torch.where(present, joint * torch.log(ratio), 0.0)).sum((1, 2))
+    p = p_source.squeeze(2)
+    entropy = -(torch.where(p > 0, p * torch.log(torch.where(p > 0, p, 1.0)), 0.0)).sum(1)
+    return information, entropy
 
 
 def _gaussian(size: int, like: torch.Tensor) -> torch.Tensor:

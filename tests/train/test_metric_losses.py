@@ -70,24 +70,27 @@ def test_a_perfect_fusion_scores_one(sources) -> None:
     assert metric_losses.vif(ct, ct).item() == pytest.approx(1.0, abs=1e-9)
 
 
-@pytest.mark.parametrize("which", ["qabf", "vif"])
+def _first(value: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor:
+    return value[0] if isinstance(value, tuple) else value
+
+
+@pytest.mark.parametrize("which", ["qabf", "vif", "mutual_information"])
 def test_gradient_steps_raise_the_evaluation_metric(sources, which: str) -> None:
-    """Ascending the torch metric from the mean fusion raises the numpy metric on the saved 8-bit image."""
+    """Gradient ascent on the torch metric from the mean fusion raises the numpy metric of the 8-bit image."""
     ct, mri = sources[1]
-    a, b = _tensor(ct, torch.float32), _tensor(mri, torch.float32)
+    a, b = _tensor(ct), _tensor(mri)
     start = np.round((ct + mri) / 2.0)
-    fused = _tensor(start, torch.float32).requires_grad_()
-    optimiser = torch.optim.Adam([fused], lr=2.0)
+    fused = _tensor(start).requires_grad_()
     for _ in range(20):
         if which == "qabf":
             score = metric_losses.qabf(a, b, fused)
         else:
-            score = metric_losses.vif(a, fused) + metric_losses.vif(b, fused)
-        optimiser.zero_grad()
-        (-score.sum()).backward()
-        assert torch.isfinite(fused.grad).all()
-        optimiser.step()
-        with torch.no_grad():
+            measure = getattr(metric_losses, which)
+            score = sum(_first(measure(source, fused)) for source in (a, b))
+        (grad,) = torch.autograd.grad(score.sum(), fused)
+        assert torch.isfinite(grad).all()
+        with torch.no_grad():  # steps of at most 2 gray levels, along the gradient
+            fused += 2.0 * grad / grad.abs().max()
             fused.clamp_(0.0, 255.0)
     after = np.round(fused.detach().numpy()[0, 0])
     evaluate = getattr(metrics, which)
@@ -99,14 +102,18 @@ def test_fusion_loss_carries_both_terms_off_by_default(sources) -> None:
     first = _tensor(ct / 255.0, torch.float32).expand(-1, 3, -1, -1)
     second = _tensor(mri / 255.0, torch.float32)
     fused = torch.maximum(first, second).clone().requires_grad_()
-    assert COMPONENTS[-2:] == ("qabf", "vif")
+    assert COMPONENTS[-3:] == ("qabf", "vif", "mi")
     design_total, parts = FusionLoss(LossWeights())(fused, first, second)
     expected_qabf = 1.0 - metrics.qabf(ct, mri, np.maximum(ct, mri)) / metric_losses.QABF_PERFECT
     assert parts["qabf"].item() == pytest.approx(expected_qabf, abs=1e-4)
     assert parts["vif"].item() == pytest.approx(1.0 - metrics.vif(ct, mri, np.maximum(ct, mri)) / 2.0, abs=1e-4)
-    weighted, _ = FusionLoss(LossWeights(qabf=2.0, vif=3.0))(fused, first, second)
+    mi = metrics.mutual_information(ct, mri, np.maximum(ct, mri))
+    entropy = sum(metrics.mutual_information(x, x, x) / 2.0 for x in (ct, mri))
+    assert parts["mi"].item() == pytest.approx(1.0 - mi / entropy, abs=1e-5)
+    weighted, _ = FusionLoss(LossWeights(qabf=2.0, vif=3.0, mi=4.0))(fused, first, second)
     assert weighted.item() == pytest.approx(
-        design_total.item() + 2.0 * parts["qabf"].item() + 3.0 * parts["vif"].item(), rel=1e-5
+        design_total.item() + 2.0 * parts["qabf"].item() + 3.0 * parts["vif"].item() + 4.0 * parts["mi"].item(),
+        rel=1e-5,
     )
     weighted.backward()
     assert torch.isfinite(fused.grad).all() and fused.grad.abs().sum() > 0
@@ -119,7 +126,25 @@ def test_a_batch_with_flat_crops_pools_instead_of_failing() -> None:
     first = torch.cat([flat, ramp]).expand(-1, 3, -1, -1)
     second = torch.cat([flat, ramp.transpose(-1, -2)])
     fused = torch.maximum(first, second)
-    _, parts = FusionLoss(LossWeights(qabf=1.0, vif=1.0))(fused, first, second)
-    assert torch.isfinite(parts["qabf"]) and torch.isfinite(parts["vif"])
-    _, only_flat = FusionLoss(LossWeights(qabf=1.0, vif=1.0))(fused[:1], first[:1], second[:1])
+    _, parts = FusionLoss(LossWeights(qabf=1.0, vif=1.0, mi=1.0))(fused, first, second)
+    assert all(torch.isfinite(parts[name]) for name in ("qabf", "vif", "mi"))
+    _, only_flat = FusionLoss(LossWeights(qabf=1.0, vif=1.0, mi=1.0))(fused[:1], first[:1], second[:1])
     assert only_flat["vif"].item() == 0.0
+
+
+def test_ssim_equals_the_evaluation_metric(sources) -> None:
+    for ct, mri in sources:
+        for name, fused in _fusions(ct, mri).items():
+            a, b, f = (_tensor(image) for image in (ct, mri, fused))
+            ours = (metric_losses.ssim(f, a) + metric_losses.ssim(f, b)).item()
+            assert ours == pytest.approx(metrics.ssim(ct, mri, fused), abs=1e-7), name
+
+
+def test_mutual_information_equals_the_evaluation_metric(sources) -> None:
+    for ct, mri in sources:
+        for name, fused in _fusions(ct, mri).items():
+            a, b, f = (_tensor(image) for image in (ct, mri, fused))
+            (mi_a, h_a), (mi_b, h_b) = (metric_losses.mutual_information(x, f) for x in (a, b))
+            assert (mi_a + mi_b).item() == pytest.approx(metrics.mutual_information(ct, mri, fused), abs=1e-9), name
+            assert h_a.item() == pytest.approx(metrics.mutual_information(ct, ct, ct) / 2.0, abs=1e-9)
+            assert 0.0 < mi_a.item() <= h_a.item() + 1e-12 and 0.0 < mi_b.item() <= h_b.item() + 1e-12
