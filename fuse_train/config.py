@@ -18,7 +18,7 @@ TASK_MODALITIES: dict[str, tuple[str, str]] = {"ct-mri": ("ct", "mri"), "vis-ir"
 
 @dataclass(frozen=True)
 class LossWeights:
-    """Weights of the loss components (design: 15, 8, 5, 3, 2, 10, and 0 for the three metric terms)."""
+    """Weights of the loss components (design: 15, 8, 5, 3, 2, 10, and 0 for the four metric terms)."""
 
     content: float = 15.0
     structure: float = 8.0
@@ -33,6 +33,9 @@ class LossWeights:
     mi: float = 0.0
     """Weight of 1 − ΣMI / ΣH (mutual information with each source, soft-binned, over what the
     sources hold); not in the design."""
+    ssim: float = 0.0
+    """Weight of 1 − ½ΣSSIM with the evaluation's SSIM (7×7 window, data range 2); not in the design,
+    whose structure term is an 11×11 SSIM with data range 1."""
     medical_threshold: float = 0.5
     """Pixels brighter than this (in [0,1]) form the medical loss masks."""
     detail_gain: float = 1.0

@@ -25,9 +25,9 @@ from fuse_train import metric_losses
 from fuse_train.config import DetailTarget, LossWeights
 
 #: Component names, in the order of the design (and of the logged history columns); the design's six,
-#: then the three metric terms of :mod:`fuse_train.metric_losses` (weight 0 in the design).
+#: then the four metric terms of :mod:`fuse_train.metric_losses` (weight 0 in the design).
 COMPONENTS: tuple[str, ...] = (
-    "content", "structure", "detail", "consistency", "gradient", "medical", "qabf", "vif", "mi"
+    "content", "structure", "detail", "consistency", "gradient", "medical", "qabf", "vif", "mi", "ssim"
 )
 #: ITU-R BT.601 luma weights for RGB → gray.
 GRAY_WEIGHTS: tuple[float, float, float] = (0.299, 0.587, 0.114)
@@ -41,7 +41,7 @@ SOBEL_EPS = 1e-8
 
 class FusionLoss(nn.Module):
     """Weighted sum of the content, structure, detail, consistency, gradient and medical losses
-    (the design's six) and the Qabf, VIF and MI terms (off in the design).
+    (the design's six) and the Qabf, VIF, MI and SSIM metric terms (off in the design).
 
     ``forward(fused [N,3,H,W], first [N,3,H,W], second [N,1,H,W]) -> (total, components)``; all
     images in [0,1]; ``first`` is the CT (visible) image, ``second`` the MRI (infrared) image.
@@ -96,8 +96,10 @@ def medical_fusion_losses(
     qabf        1 − Qabf(first, second, fused) / QABF_PERFECT, the batch's crops pooled
     vif         1 − ½[VIF(first, fused) + VIF(second, fused)], each pooled over the batch
     mi          1 − [MI(first, fused) + MI(second, fused)] / [H(first) + H(second)], mean over the batch
-                (all three on gray × 255, as fuse_runtime.metrics scores them; 0 for a perfect fusion;
-                VIF in float64, whose flat-region variances float32 rounding would swamp)
+    ssim        1 − ½[SSIM(fused, first) + SSIM(fused, second)], the evaluation's 7×7 SSIM with
+                data range 2 (not the structure term's 11×11 one), mean over the batch
+                (all four on gray × 255, as fuse_runtime.metrics scores them; 0 for a perfect fusion;
+                VIF and SSIM in float64, whose flat-region variances float32 rounding would swamp)
 
     ∇ is :func:`sobel_magnitude` of the gray image.
     """
@@ -118,6 +120,7 @@ def medical_fusion_losses(
     vif_first, vif_second = (
         metric_losses.vif_parts(source.double(), fused_8.double()) for source in (first_8, second_8)
     )
+    ssim_first, ssim_second = (metric_losses.ssim(fused_8.double(), source.double()) for source in (first_8, second_8))
     (mi_first, h_first), (mi_second, h_second) = (
         metric_losses.mutual_information(source, fused_8) for source in (first_8, second_8)
     )
@@ -137,6 +140,7 @@ def medical_fusion_losses(
         "qabf": 1.0 - qabf_kept.sum() / qabf_weight.sum().clamp(min=SOBEL_EPS) / metric_losses.QABF_PERFECT,
         "vif": (1.0 - 0.5 * sum(_pooled_ratio(kept, total) for kept, total in (vif_first, vif_second))).float(),
         "mi": (1.0 - (mi_first + mi_second) / (h_first + h_second).clamp(min=SOBEL_EPS)).mean(),
+        "ssim": (1.0 - 0.5 * (ssim_first + ssim_second)).mean().float(),
     }
 
 

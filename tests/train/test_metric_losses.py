@@ -102,7 +102,7 @@ def test_fusion_loss_carries_both_terms_off_by_default(sources) -> None:
     first = _tensor(ct / 255.0, torch.float32).expand(-1, 3, -1, -1)
     second = _tensor(mri / 255.0, torch.float32)
     fused = torch.maximum(first, second).clone().requires_grad_()
-    assert COMPONENTS[-3:] == ("qabf", "vif", "mi")
+    assert COMPONENTS[-4:] == ("qabf", "vif", "mi", "ssim")
     design_total, parts = FusionLoss(LossWeights())(fused, first, second)
     expected_qabf = 1.0 - metrics.qabf(ct, mri, np.maximum(ct, mri)) / metric_losses.QABF_PERFECT
     assert parts["qabf"].item() == pytest.approx(expected_qabf, abs=1e-4)
@@ -110,11 +110,11 @@ def test_fusion_loss_carries_both_terms_off_by_default(sources) -> None:
     mi = metrics.mutual_information(ct, mri, np.maximum(ct, mri))
     entropy = sum(metrics.mutual_information(x, x, x) / 2.0 for x in (ct, mri))
     assert parts["mi"].item() == pytest.approx(1.0 - mi / entropy, abs=1e-5)
-    weighted, _ = FusionLoss(LossWeights(qabf=2.0, vif=3.0, mi=4.0))(fused, first, second)
-    assert weighted.item() == pytest.approx(
-        design_total.item() + 2.0 * parts["qabf"].item() + 3.0 * parts["vif"].item() + 4.0 * parts["mi"].item(),
-        rel=1e-5,
-    )
+    assert parts["ssim"].item() == pytest.approx(1.0 - metrics.ssim(ct, mri, np.maximum(ct, mri)) / 2.0, abs=1e-5)
+    extra = {"qabf": 2.0, "vif": 3.0, "mi": 4.0, "ssim": 5.0}
+    weighted, _ = FusionLoss(LossWeights(**extra))(fused, first, second)
+    expected = design_total.item() + sum(weight * parts[name].item() for name, weight in extra.items())
+    assert weighted.item() == pytest.approx(expected, rel=1e-5)
     weighted.backward()
     assert torch.isfinite(fused.grad).all() and fused.grad.abs().sum() > 0
 
@@ -126,9 +126,10 @@ def test_a_batch_with_flat_crops_pools_instead_of_failing() -> None:
     first = torch.cat([flat, ramp]).expand(-1, 3, -1, -1)
     second = torch.cat([flat, ramp.transpose(-1, -2)])
     fused = torch.maximum(first, second)
-    _, parts = FusionLoss(LossWeights(qabf=1.0, vif=1.0, mi=1.0))(fused, first, second)
-    assert all(torch.isfinite(parts[name]) for name in ("qabf", "vif", "mi"))
-    _, only_flat = FusionLoss(LossWeights(qabf=1.0, vif=1.0, mi=1.0))(fused[:1], first[:1], second[:1])
+    metric_terms = LossWeights(qabf=1.0, vif=1.0, mi=1.0, ssim=1.0)
+    _, parts = FusionLoss(metric_terms)(fused, first, second)
+    assert all(torch.isfinite(parts[name]) for name in ("qabf", "vif", "mi", "ssim"))
+    _, only_flat = FusionLoss(metric_terms)(fused[:1], first[:1], second[:1])
     assert only_flat["vif"].item() == 0.0
 
 
