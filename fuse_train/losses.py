@@ -14,6 +14,7 @@ All inputs are in [0,1]. The loss is always computed in float32, also under bf16
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from functools import partial
 from typing import get_args
 
@@ -29,6 +30,10 @@ from fuse_train.config import DetailTarget, LossWeights
 COMPONENTS: tuple[str, ...] = (
     "content", "structure", "detail", "consistency", "gradient", "medical", "qabf", "vif", "mi", "ssim"
 )
+#: The metric terms among them, computed by :func:`metric_terms`.
+METRIC_TERMS: tuple[str, ...] = COMPONENTS[6:]
+#: Floor of the metric terms' pooled denominators.
+_METRIC_FLOOR = 1e-8
 #: ITU-R BT.601 luma weights for RGB → gray.
 GRAY_WEIGHTS: tuple[float, float, float] = (0.299, 0.587, 0.114)
 #: SSIM box window side in pixels and stability constants (for data range 1).
@@ -67,6 +72,7 @@ class FusionLoss(nn.Module):
                 detail_gain=self.weights.detail_gain,
                 detail_target=self.weights.detail_target,
                 detail_saturation=self.weights.detail_saturation,
+                differentiate=[name for name in METRIC_TERMS if getattr(self.weights, name) > 0],
             )
             total = sum(getattr(self.weights, name) * parts[name] for name in COMPONENTS)
         return total, {name: parts[name].detach() for name in COMPONENTS}
@@ -80,6 +86,7 @@ def medical_fusion_losses(
     detail_gain: float = 1.0,
     detail_target: DetailTarget = "magnitude",
     detail_saturation: float = 1.0,
+    differentiate: Collection[str] = METRIC_TERMS,
 ) -> dict[str, torch.Tensor]:
     """The unweighted components (not detached) for fused/first [N,3,H,W], second [N,1,H,W].
 
@@ -99,7 +106,8 @@ def medical_fusion_losses(
     ssim        1 − ½[SSIM(fused, first) + SSIM(fused, second)], the evaluation's 7×7 SSIM with
                 data range 2 (not the structure term's 11×11 one), mean over the batch
                 (all four on gray × 255, as fuse_runtime.metrics scores them; 0 for a perfect fusion;
-                VIF and SSIM in float64, whose flat-region variances float32 rounding would swamp)
+                VIF and SSIM in float64, whose flat-region variances float32 rounding would swamp;
+                only the metric terms named in ``differentiate`` carry gradients)
 
     ∇ is :func:`sobel_magnitude` of the gray image.
     """
@@ -115,15 +123,6 @@ def medical_fusion_losses(
         detail = F.l1_loss(grad_fused, detail_gain * torch.where(take_first, grad_first, grad_second))
     else:
         raise ValueError(f"detail_target must be one of {', '.join(get_args(DetailTarget))}, got {detail_target!r}")
-    fused_8, first_8, second_8 = (255.0 * image for image in (fused_gray, first_gray, second_gray))
-    qabf_kept, qabf_weight = metric_losses.qabf_parts(first_8, second_8, fused_8)
-    vif_first, vif_second = (
-        metric_losses.vif_parts(source.double(), fused_8.double()) for source in (first_8, second_8)
-    )
-    ssim_first, ssim_second = (metric_losses.ssim(fused_8.double(), source.double()) for source in (first_8, second_8))
-    (mi_first, h_first), (mi_second, h_second) = (
-        metric_losses.mutual_information(source, fused_8) for source in (first_8, second_8)
-    )
     first_mask = (first_gray > threshold).to(fused.dtype)
     second_mask = (second_gray > threshold).to(fused.dtype)
     return {
@@ -137,11 +136,46 @@ def medical_fusion_losses(
             F.mse_loss(fused_gray * first_mask, first_gray * first_mask)
             + F.mse_loss(fused_gray * second_mask, second_gray * second_mask)
         ),
-        "qabf": 1.0 - qabf_kept.sum() / qabf_weight.sum().clamp(min=SOBEL_EPS) / metric_losses.QABF_PERFECT,
-        "vif": (1.0 - 0.5 * sum(_pooled_ratio(kept, total) for kept, total in (vif_first, vif_second))).float(),
-        "mi": (1.0 - (mi_first + mi_second) / (h_first + h_second).clamp(min=SOBEL_EPS)).mean(),
-        "ssim": (1.0 - 0.5 * (ssim_first + ssim_second)).mean().float(),
+        **metric_terms(fused_gray, first_gray, second_gray, differentiate),
     }
+
+
+def metric_terms(
+    fused_gray: torch.Tensor,
+    first_gray: torch.Tensor,
+    second_gray: torch.Tensor,
+    differentiate: Collection[str] = METRIC_TERMS,
+) -> dict[str, torch.Tensor]:
+    """The qabf, vif, mi and ssim components of gray [N,1,H,W] images in [0,1] (see
+    :func:`medical_fusion_losses`); those not named in ``differentiate`` are computed without a graph,
+    so a term whose weight is 0 is still logged but costs no backward pass (VIF and SSIM in float64
+    are most of the loss's time)."""
+    fused_8, first_8, second_8 = (255.0 * image for image in (fused_gray, first_gray, second_gray))
+
+    def qabf() -> torch.Tensor:
+        kept, weight = metric_losses.qabf_parts(first_8, second_8, fused_8)
+        return 1.0 - kept.sum() / weight.sum().clamp(min=_METRIC_FLOOR) / metric_losses.QABF_PERFECT
+
+    def vif() -> torch.Tensor:
+        parts = (metric_losses.vif_parts(source.double(), fused_8.double()) for source in (first_8, second_8))
+        return (1.0 - 0.5 * sum(_pooled_ratio(kept, total) for kept, total in parts)).float()
+
+    def mi() -> torch.Tensor:
+        (mi_first, h_first), (mi_second, h_second) = (
+            metric_losses.mutual_information(source, fused_8) for source in (first_8, second_8)
+        )
+        return (1.0 - (mi_first + mi_second) / (h_first + h_second).clamp(min=_METRIC_FLOOR)).mean()
+
+    def ssim() -> torch.Tensor:
+        first, second = (metric_losses.ssim(fused_8.double(), source.double()) for source in (first_8, second_8))
+        return (1.0 - 0.5 * (first + second)).mean().float()
+
+    terms = {"qabf": qabf, "vif": vif, "mi": mi, "ssim": ssim}
+    values = {}
+    for name, term in terms.items():
+        with torch.set_grad_enabled(torch.is_grad_enabled() and name in differentiate):
+            values[name] = term()
+    return values
 
 
 def _pooled_ratio(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
