@@ -70,6 +70,7 @@ class FusionLoss(nn.Module):
                 second.float(),
                 threshold=self.weights.medical_threshold,
                 detail_gain=self.weights.detail_gain,
+                detail_gain_edge=self.weights.detail_gain_edge,
                 detail_target=self.weights.detail_target,
                 detail_saturation=self.weights.detail_saturation,
                 differentiate=[name for name in METRIC_TERMS if getattr(self.weights, name) > 0],
@@ -84,6 +85,7 @@ def medical_fusion_losses(
     second: torch.Tensor,
     threshold: float = 0.5,
     detail_gain: float = 1.0,
+    detail_gain_edge: float = 0.0,
     detail_target: DetailTarget = "magnitude",
     detail_saturation: float = 1.0,
     differentiate: Collection[str] = METRIC_TERMS,
@@ -95,7 +97,8 @@ def medical_fusion_losses(
     detail      L1(∇fused, k·max(∇first, ∇second)), k = detail_gain (design: 1); with
                 detail_target "vector", L1 of the Sobel (x, y) vector of fused to k × the vector of
                 whichever source has the larger ∇ at that pixel (edge orientation too, not only strength);
-                where gray(first) > detail_saturation the target is first's own ∇ (or vector) instead
+                where gray(first) > detail_saturation the target is first's own ∇ (or vector) instead;
+                k is 1 where the chosen source's ∇ is at most detail_gain_edge (0: k everywhere)
     consistency ½[MSE(fused, first) + MSE(fused, second×3)]
     gradient    ½[L1(∇fused, ∇first) + L1(∇fused, ∇second)]
     medical     ½[MSE(gray(fused)·m₁, gray(first)·m₁) + MSE(gray(fused)·m₂, second·m₂)],
@@ -117,10 +120,12 @@ def medical_fusion_losses(
     sobel_fused, sobel_first, sobel_second = (sobel_xy(image) for image in (fused_gray, first_gray, second_gray))
     grad_fused, grad_first, grad_second = (_magnitude(xy) for xy in (sobel_fused, sobel_first, sobel_second))
     take_first = (grad_first >= grad_second) | (first_gray > detail_saturation)
+    target_grad = torch.where(take_first, grad_first, grad_second)
+    gain = torch.where(target_grad > detail_gain_edge, detail_gain, 1.0) if detail_gain_edge > 0 else detail_gain
     if detail_target == "vector":
-        detail = F.l1_loss(sobel_fused, detail_gain * torch.where(take_first, sobel_first, sobel_second))
+        detail = F.l1_loss(sobel_fused, gain * torch.where(take_first, sobel_first, sobel_second))
     elif detail_target == "magnitude":
-        detail = F.l1_loss(grad_fused, detail_gain * torch.where(take_first, grad_first, grad_second))
+        detail = F.l1_loss(grad_fused, gain * target_grad)
     else:
         raise ValueError(f"detail_target must be one of {', '.join(get_args(DetailTarget))}, got {detail_target!r}")
     first_mask = (first_gray > threshold).to(fused.dtype)

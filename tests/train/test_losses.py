@@ -231,6 +231,22 @@ def test_detail_gain_scales_the_detail_target(pair: tuple[torch.Tensor, torch.Te
         assert sharper[name].item() == pytest.approx(design[name].item(), abs=1e-6), name
 
 
+def test_detail_gain_edge_limits_the_gain_to_strong_edges(pair: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """Fused = the CT with a flat MRI: the detail error is (k − 1)·∇ wherever the gain k applies. With
+    detail_gain_edge = t it applies only where the CT's ∇ exceeds t, so the loss is exactly the mean of
+    (k − 1)·∇ over those pixels; above the largest ∇ it is 0, and 0 turns the gate off."""
+    ct = pair[0]
+    flat_mri = torch.zeros_like(ct[:, :1])
+    grad = sobel_magnitude(to_gray(ct))
+    edge = grad.median().item()
+    losses = partial(medical_fusion_losses, ct, ct, flat_mri, detail_gain=1.5)
+    expected = (0.5 * grad * (grad > edge)).mean().item()
+    assert expected > 0.001
+    assert losses(detail_gain_edge=edge)["detail"].item() == pytest.approx(expected, rel=1e-4)
+    assert losses(detail_gain_edge=grad.max().item() + 1)["detail"].item() == pytest.approx(0.0, abs=1e-6)
+    assert losses(detail_gain_edge=0.0)["detail"].item() == pytest.approx((0.5 * grad).mean().item(), rel=1e-4)
+
+
 def test_vector_detail_target_sees_edge_orientation(pair: tuple[torch.Tensor, torch.Tensor]) -> None:
     """The negated CT has exactly the CT's gradient strength with every edge reversed (and the same
     zero border): the design's magnitude detail loss cannot tell them apart, the vector target charges
