@@ -26,13 +26,18 @@ def test_release_configs_build_and_state_their_changes(name: str, task: str) -> 
 
 
 def test_ctmri_release_changes_only_the_stated_loss_settings() -> None:
-    """README "Release model": vector detail target ×1.2 at weight 100, structure 2, no consistency or
-    gradient term; content and medical stay the design's."""
+    """README "Release model": vector detail target ×1.5 on strong edges at weight 160, structure 2,
+    no consistency or gradient term, the VIF, MI and SSIM metric terms; content and medical stay the
+    design's, and the Qabf term stays off."""
     loss = build_config(RELEASE / "ctmri.json", {}).loss
     design = LossWeights()
     changed = {k for k, v in vars(loss).items() if v != getattr(design, k)}
-    assert changed == {"detail", "detail_gain", "detail_target", "structure", "consistency", "gradient"}
+    assert changed == {
+        "detail", "detail_gain", "detail_gain_edge", "detail_target", "structure", "consistency", "gradient",
+        "vif", "mi", "ssim",
+    }
     assert loss.detail_target == "vector" and loss.detail_gain > 1.0 and loss.detail > design.detail
+    assert loss.detail_gain_edge > 0.0 and min(loss.vif, loss.mi, loss.ssim) > 0.0 and loss.qabf == 0.0
     assert loss.consistency == 0.0 and loss.gradient == 0.0 and loss.structure < design.structure
 
 
@@ -43,4 +48,4 @@ def test_visir_pretraining_keeps_the_design_loss() -> None:
 def test_command_line_overrides_the_release_file() -> None:
     config = build_config(RELEASE / "ctmri.json", {"epochs": 3, "loss__detail": 5.0, "loss__detail_target": "magnitude"})
     assert config.epochs == 3 and config.loss.detail == 5.0 and config.head == "select"
-    assert config.loss.detail_target == "magnitude" and config.loss.detail_gain == 1.2
+    assert config.loss.detail_target == "magnitude" and config.loss.detail_gain == 1.5
