@@ -10,6 +10,6 @@ demo:
 test:
 	bash .ci/run
 
-# Reproduce the release model from the shared data (measured on 2 cores: 13 min with AVX512-BF16, 15–23 min AVX2-only).
+# Reproduce the release model from the shared data (measured on 2 cores: 10 min with AMX bf16; README "Release model").
 release-model:
 	PYTHON=$(PYTHON) bash scripts/release_model.sh $(OUT)

@@ -3,8 +3,8 @@
 #   vis-ir pretraining -> CT-MRI fine-tuning -> ONNX export with parity -> quality report on the test folder.
 # Usage: scripts/release_model.sh [OUT]   (default OUT: release/<timestamp>; an existing OUT is refused)
 # Data: $FUSE_SHARED_DATA, else ../shared/data beside the repository (vis-ir/ and harvard/ct-mri-{train,test}/).
-# Expected wall time: 13 minutes on a 2-core CPU with AVX512-BF16 or AMX (bf16, measured on an AMD EPYC),
-# about 18 in fp32 on AVX-512, 15-23 on 2 AVX2-only cores (fp32, measured), a few minutes on one GPU.
+# Expected wall time: 10 minutes on a 2-core Intel Xeon with AMX (bf16, measured with this recipe); the earlier,
+# cheaper S8 loss took 13 on an AMD EPYC with AVX512-BF16 and 15-23 on 2 AVX2-only cores (fp32); minutes on a GPU.
 # The recipe is configs/release/*.json; README "Release model" says what differs from the design and why.
 set -euo pipefail
 cd "$(dirname "$0")/.."
