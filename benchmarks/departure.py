@@ -22,7 +22,6 @@ Use it on validation patients (``scripts/validation_folder.py``), not on the tes
 
 from __future__ import annotations
 
-import shlex
 import sys
 from pathlib import Path
 
@@ -32,7 +31,7 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from benchmarks.quality import checkpoint_method, engine_method, read_gray8
-from benchmarks.report import machine_info, markdown_table, write_json, write_text
+from benchmarks.report import command_line, machine_info, markdown_table, write_json, write_text
 from fuse_runtime import metrics
 from fuse_runtime.errors import FuseError
 from fuse_runtime.pairing import find_pairs
@@ -103,7 +102,7 @@ def main(data: Path, checkpoint: Path | None, engine: Path | None, out: Path) ->
     except FuseError as error:
         click.echo(f"error: {error}", err=True)
         sys.exit(1)
-    result["command"] = "python -m benchmarks.departure " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
+    result["command"] = command_line("benchmarks.departure")
     result["machine"] = machine_info()
     write_json(out / JSON_NAME, result)
     rows = [[name, result["mean"][name]] for name in FIELDS]

@@ -61,7 +61,7 @@ import click
 import numpy as np
 from tqdm import tqdm
 
-from benchmarks.report import machine_info, machine_markdown, markdown_table, write_json, write_text
+from benchmarks.report import command_line, machine_info, machine_markdown, markdown_table, write_json, write_text
 from fuse_runtime.errors import FuseError
 from fuse_runtime.manifest import META_PRECISION
 from fuse_runtime.report import REPORT_NAME
@@ -1105,7 +1105,7 @@ def main(
 ) -> None:
     """Measure latency (p50/p95/p99 ms per batch), throughput (slices/s, GFLOP/s) and peak memory of
     the fusion model per backend, model file and batch size; write OUT/latency.json and OUT/latency.md."""
-    command = "python -m benchmarks.latency " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
+    command = command_line("benchmarks.latency")
     try:
         try:
             config = LatencyConfig(

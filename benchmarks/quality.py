@@ -18,7 +18,6 @@ restored to the source geometry before scoring.
 
 from __future__ import annotations
 
-import shlex
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -31,7 +30,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from benchmarks.report import machine_info, machine_markdown, markdown_table, write_json, write_text
+from benchmarks.report import command_line, machine_info, machine_markdown, markdown_table, write_json, write_text
 from fuse_runtime import baselines, metrics
 from fuse_runtime.atomic import atomic_path
 from fuse_runtime.engines import BACKEND_CHOICES, PROVIDER_CHOICES
@@ -455,7 +454,7 @@ def main(
     SSIM, PSNR, CC), averaged over the pairs in --data."""
     if checkpoint is not None and engine is not None:
         raise click.UsageError("give either --checkpoint or --engine, not both")
-    command = "python -m benchmarks.quality " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
+    command = command_line("benchmarks.quality")
     try:
         result = run_quality(
             data, out, checkpoint, engine, grid_pairs, task, provider, progress=True, command=command, backend=backend

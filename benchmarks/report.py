@@ -10,6 +10,7 @@ import json
 import math
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -62,6 +63,11 @@ def to_jsonable(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     return value
+
+
+def command_line(module: str) -> str:
+    """How this benchmark was invoked, as a shell command to paste: ``python -m MODULE`` and its arguments."""
+    return f"python -m {module} " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
 
 
 def write_json(path: str | Path, data: Any) -> Path:

@@ -12,7 +12,6 @@ involved; use it on validation patients (``scripts/validation_folder.py``), not 
 
 from __future__ import annotations
 
-import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from benchmarks.quality import read_gray8
-from benchmarks.report import machine_info, markdown_table, write_json, write_text
+from benchmarks.report import command_line, machine_info, markdown_table, write_json, write_text
 from fuse_runtime import metrics
 from fuse_runtime.errors import FuseError
 from fuse_runtime.pairing import find_pairs
@@ -95,7 +94,7 @@ def main(data: Path, out: Path) -> None:
     except FuseError as error:
         click.echo(f"error: {error}", err=True)
         sys.exit(1)
-    result["command"] = "python -m benchmarks.sharpening " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
+    result["command"] = command_line("benchmarks.sharpening")
     result["machine"] = machine_info()
     write_json(out / JSON_NAME, result)
     rows = [[label, *(values[name] for name in METRICS)] for label, values in result["mean"].items()]
