@@ -54,12 +54,18 @@ class LossWeights:
     source's own gradient, not the stronger one's: saturated bone has no gradient of its own and
     cannot be drawn brighter, so edges copied there from the MRI can only darken it. 1 (the design's)
     turns this off, as no pixel is brighter than 1."""
+    content_saturation: float = 1.0
+    """The content term (L1 to the brighter source) leaves out pixels within one pixel of where the
+    first source (CT) is brighter than this (in [0,1]): saturated bone, where the detail target draws
+    the MRI's edges. Elsewhere a heavy content term then holds the output on the pixel maximum, whose
+    exact values mutual information rewards. 1 (the design's) keeps every pixel."""
 
     def __post_init__(self) -> None:
         if self.detail_target not in get_args(DetailTarget):
             raise ValueError(f"detail_target must be one of {', '.join(get_args(DetailTarget))}, got {self.detail_target!r}")
-        if not 0.0 <= self.detail_saturation <= 1.0:
-            raise ValueError(f"detail_saturation must be in [0, 1], got {self.detail_saturation}")
+        for name in ("detail_saturation", "content_saturation"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         for f in fields(self):
             if f.name != "detail_target" and getattr(self, f.name) < 0:
                 raise ValueError(f"loss weight {f.name} must be >= 0, got {getattr(self, f.name)}")

@@ -73,6 +73,7 @@ class FusionLoss(nn.Module):
                 detail_gain_edge=self.weights.detail_gain_edge,
                 detail_target=self.weights.detail_target,
                 detail_saturation=self.weights.detail_saturation,
+                content_saturation=self.weights.content_saturation,
                 differentiate=[name for name in METRIC_TERMS if getattr(self.weights, name) > 0],
             )
             total = sum(getattr(self.weights, name) * parts[name] for name in COMPONENTS)
@@ -88,11 +89,13 @@ def medical_fusion_losses(
     detail_gain_edge: float = 0.0,
     detail_target: DetailTarget = "magnitude",
     detail_saturation: float = 1.0,
+    content_saturation: float = 1.0,
     differentiate: Collection[str] = METRIC_TERMS,
 ) -> dict[str, torch.Tensor]:
     """The unweighted components (not detached) for fused/first [N,3,H,W], second [N,1,H,W].
 
-    content     L1(gray(fused), max(gray(first), second))
+    content     L1(gray(fused), max(gray(first), second)), leaving out (as zeros of the mean) pixels
+                within one pixel of gray(first) > content_saturation
     structure   ½[(1 − SSIM(fused, first)) + (1 − SSIM(gray(fused), second))]
     detail      L1(∇fused, k·max(∇first, ∇second)), k = detail_gain (design: 1); with
                 detail_target "vector", L1 of the Sobel (x, y) vector of fused to k × the vector of
@@ -131,7 +134,7 @@ def medical_fusion_losses(
     first_mask = (first_gray > threshold).to(fused.dtype)
     second_mask = (second_gray > threshold).to(fused.dtype)
     return {
-        "content": F.l1_loss(fused_gray, torch.maximum(first_gray, second_gray)),
+        "content": _content(fused_gray, first_gray, second_gray, content_saturation),
         "structure": 0.5 * (ssim_loss(fused, first) + ssim_loss(fused_gray, second_gray)),
         "detail": detail,
         "consistency": 0.5 * (F.mse_loss(fused, first) + F.mse_loss(fused, second_gray.expand_as(fused))),
@@ -181,6 +184,14 @@ def metric_terms(
         with torch.set_grad_enabled(torch.is_grad_enabled() and name in differentiate):
             values[name] = term()
     return values
+
+
+def _content(fused_gray: torch.Tensor, first_gray: torch.Tensor, second_gray: torch.Tensor, saturation: float) -> torch.Tensor:
+    error = (fused_gray - torch.maximum(first_gray, second_gray)).abs()
+    if saturation < 1.0:
+        bone = F.max_pool2d((first_gray > saturation).to(error.dtype), kernel_size=3, stride=1, padding=1)
+        error = error * (1.0 - bone)
+    return error.mean()
 
 
 def _pooled_ratio(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:

@@ -285,3 +285,28 @@ def test_detail_saturation_keeps_mri_edges_out_of_saturated_ct(
 def test_detail_saturation_outside_unit_range_is_refused() -> None:
     with pytest.raises(ValueError, match=r"detail_saturation must be in \[0, 1\], got 1.5"):
         LossWeights(detail_saturation=1.5)
+
+
+def test_content_saturation_leaves_saturated_ct_and_its_rim_out(pair: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """The real CT with its right half (columns ≥ 128) set to 1.0, fused = 0: the content error is
+    max(CT, MRI) per pixel. With content_saturation 0.95 the pixels within one pixel (3×3) of CT > 0.95
+    count as zero in the mean (scipy's binary dilation gives the mask); 1 keeps every pixel (the design's)."""
+    ct, mri = pair
+    ct = ct.clone()
+    ct[..., 128:] = 1.0
+    fused = torch.zeros_like(ct)
+    error = torch.maximum(to_gray(ct), mri)
+    saturated = (to_gray(ct) > 0.95)[:, 0].numpy()
+    per_image_3x3 = np.ones((1, 3, 3), bool)
+    kept = torch.from_numpy(~ndimage.binary_dilation(saturated, structure=per_image_3x3)).float()[:, None]
+    assert not kept[..., 127:].any() and kept[..., :127].mean() > 0.5
+    losses = partial(medical_fusion_losses, fused, ct, mri)
+    assert losses()["content"].item() == pytest.approx(error.mean().item(), rel=1e-6)
+    assert losses(content_saturation=1.0)["content"].item() == pytest.approx(error.mean().item(), rel=1e-6)
+    assert losses(content_saturation=0.95)["content"].item() == pytest.approx((error * kept).mean().item(), rel=1e-6)
+    assert (error * kept).mean().item() < 0.6 * error.mean().item()
+
+
+def test_content_saturation_outside_unit_range_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"content_saturation must be in \[0, 1\], got -0.1"):
+        LossWeights(content_saturation=-0.1)
