@@ -30,8 +30,8 @@ import numpy as np
 from scipy import ndimage
 from tqdm import tqdm
 
-from benchmarks.quality import checkpoint_method, engine_method, read_gray8
-from benchmarks.report import command_line, machine_info, markdown_table, write_json, write_text
+from benchmarks.quality import model_diagnostic_options, model_method, read_gray8
+from benchmarks.report import markdown_table, write_report
 from fuse_runtime import metrics
 from fuse_runtime.errors import FuseError
 from fuse_runtime.pairing import find_pairs
@@ -68,9 +68,7 @@ def departure(ct: np.ndarray, mri: np.ndarray, fused: np.ndarray) -> dict[str, f
 
 def run_departure(data: str | Path, checkpoint: Path | None, engine: Path | None, progress: bool = False) -> dict:
     """Fuse every pair in ``data`` with the model and measure :func:`departure`; per pair and mean."""
-    if (checkpoint is None) == (engine is None):
-        raise FuseError("give exactly one of a checkpoint or an engine", data)
-    method = checkpoint_method(checkpoint, "ct-mri") if checkpoint is not None else engine_method(engine)
+    method = model_method(checkpoint, engine, data)
     report = find_pairs(data, task="ct-mri")
     per_pair = {}
     try:
@@ -90,11 +88,7 @@ def _mean(values: np.ndarray) -> float:
 
 
 @click.command()
-@click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
-              help="Folder of registered CT/MRI pairs (CT/ and MRI/), e.g. from scripts/validation_folder.py.")
-@click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="fuse-train checkpoint.")
-@click.option("--engine", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Exported model (ONNX).")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Folder for the report.")
+@model_diagnostic_options
 def main(data: Path, checkpoint: Path | None, engine: Path | None, out: Path) -> None:
     """Measure where the model's fused images depart from pixel max (background, foreground, dense bone)."""
     try:
@@ -102,14 +96,10 @@ def main(data: Path, checkpoint: Path | None, engine: Path | None, out: Path) ->
     except FuseError as error:
         click.echo(f"error: {error}", err=True)
         sys.exit(1)
-    result["command"] = command_line("benchmarks.departure")
-    result["machine"] = machine_info()
-    write_json(out / JSON_NAME, result)
     rows = [[name, result["mean"][name]] for name in FIELDS]
     text = (f"# Departure from pixel max: {result['method']}\n\n{len(result['pairs'])} pairs of {data}; gray levels "
             f"(background nonzero: share of pixels)\n\n" + markdown_table(["measure", "mean"], rows, digits=3))
-    write_text(out / MARKDOWN_NAME, text)
-    click.echo(f"wrote {out / JSON_NAME} and {out / MARKDOWN_NAME}")
+    click.echo("wrote {} and {}".format(*write_report(out, "departure", result, text)))
 
 
 if __name__ == "__main__":

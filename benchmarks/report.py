@@ -87,6 +87,15 @@ def write_text(path: str | Path, text: str) -> Path:
     return path
 
 
+def write_report(out: str | Path, stem: str, result: dict[str, Any], markdown: str) -> tuple[Path, Path]:
+    """Record how and where ``result`` was made (``command``, ``machine``), then write ``OUT/STEM.json``
+    and the Markdown table ``OUT/STEM.md``; the stem is the benchmark's module name."""
+    out = Path(out)
+    result["command"] = command_line(f"benchmarks.{stem}")
+    result["machine"] = machine_info()
+    return write_json(out / f"{stem}.json", result), write_text(out / f"{stem}.md", markdown)
+
+
 def format_value(value: Any, digits: int = 2) -> str:
     """A table cell: floats with ``digits`` decimals, ints as they are, None/NaN as ``–``."""
     if value is None:

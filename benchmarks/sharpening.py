@@ -22,7 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from benchmarks.quality import read_gray8
-from benchmarks.report import command_line, machine_info, markdown_table, write_json, write_text
+from benchmarks.report import markdown_table, write_report
 from fuse_runtime import metrics
 from fuse_runtime.errors import FuseError
 from fuse_runtime.pairing import find_pairs
@@ -94,14 +94,10 @@ def main(data: Path, out: Path) -> None:
     except FuseError as error:
         click.echo(f"error: {error}", err=True)
         sys.exit(1)
-    result["command"] = command_line("benchmarks.sharpening")
-    result["machine"] = machine_info()
-    write_json(out / JSON_NAME, result)
     rows = [[label, *(values[name] for name in METRICS)] for label, values in result["mean"].items()]
     text = (f"# Sharpened pixel max\n\n{result['pairs']} pairs of {data}; mean per rule\n\n"
             + markdown_table(["rule", *METRICS], rows, digits=3))
-    write_text(out / MARKDOWN_NAME, text)
-    click.echo(f"wrote {out / JSON_NAME} and {out / MARKDOWN_NAME}")
+    click.echo("wrote {} and {}".format(*write_report(out, "sharpening", result, text)))
 
 
 if __name__ == "__main__":

@@ -3,30 +3,16 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 
 from benchmarks import departure as module
 from benchmarks.departure import departure
 from benchmarks.quality import read_gray8
 from fuse_runtime.errors import FuseError
-from fuse_runtime.preprocess import PreprocessConfig
-from fuse_train.checkpoint import save_checkpoint
-from fuse_train.config import TrainConfig
-from fuse_train.model import FusionNet
-
-PAIR = "11"
-
-
-@pytest.fixture(scope="module")
-def sources(harvard_test: Path) -> tuple[np.ndarray, np.ndarray]:
-    return read_gray8(harvard_test / "CT" / f"{PAIR}.png"), read_gray8(harvard_test / "MRI" / f"{PAIR}.png")
-
 
 def test_pixel_max_does_not_depart(sources):
     ct, mri = sources
@@ -55,24 +41,16 @@ def test_mismatched_shapes_are_refused(sources):
         departure(ct, mri, ct[:-1])
 
 
-def test_cli_writes_json_and_markdown_for_a_checkpoint(harvard_test: Path, tmp_path: Path):
-
-    data = tmp_path / "data"
-    for folder in ("CT", "MRI"):
-        (data / folder).mkdir(parents=True)
-        for name in (PAIR, "17"):
-            shutil.copy(harvard_test / folder / f"{name}.png", data / folder / f"{name}.png")
-    torch.manual_seed(0)
-    config = TrainConfig(crop_size=64, imagenet=False, head="select", preprocess=PreprocessConfig(image_size=64))
-    checkpoint = save_checkpoint(tmp_path / "best.pt", FusionNet(imagenet=False, head="select"), config, epoch=1, val_loss=1.0)
+def test_cli_writes_json_and_markdown_for_a_checkpoint(pair_name: str, diagnostic_inputs: tuple[Path, Path], tmp_path: Path):
+    data, checkpoint = diagnostic_inputs
     out = tmp_path / "R"
     result = CliRunner().invoke(module.main, ["--data", str(data), "--checkpoint", str(checkpoint), "--out", str(out)])
     assert result.exit_code == 0, result.output
     report = json.loads((out / module.JSON_NAME).read_text())
-    assert sorted(report["pairs"]) == sorted([PAIR, "17"]) and set(report["mean"]) == set(module.FIELDS)
-    ct, mri = read_gray8(data / "CT" / f"{PAIR}.png"), read_gray8(data / "MRI" / f"{PAIR}.png")
+    assert sorted(report["pairs"]) == sorted([pair_name, "17"]) and set(report["mean"]) == set(module.FIELDS)
+    ct, mri = read_gray8(data / "CT" / f"{pair_name}.png"), read_gray8(data / "MRI" / f"{pair_name}.png")
     expected = departure(ct, mri, np.maximum(ct, mri))["MRI edges in saturated CT"]
-    assert report["pairs"][PAIR]["MRI edges in saturated CT"] == pytest.approx(expected)
+    assert report["pairs"][pair_name]["MRI edges in saturated CT"] == pytest.approx(expected)
     assert "background nonzero" in (out / module.MARKDOWN_NAME).read_text()
 
 

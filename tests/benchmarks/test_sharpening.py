@@ -16,14 +16,6 @@ from benchmarks.sharpening import SharpenRule, run_sharpening, sharpen_max
 from fuse_runtime import metrics
 from fuse_runtime.errors import FuseError
 
-PAIR = "11"
-
-
-@pytest.fixture(scope="module")
-def sources(harvard_test: Path) -> tuple[np.ndarray, np.ndarray]:
-    return read_gray8(harvard_test / "CT" / f"{PAIR}.png"), read_gray8(harvard_test / "MRI" / f"{PAIR}.png")
-
-
 def test_amount_zero_is_pixel_max(sources):
     ct, mri = sources
     assert np.array_equal(sharpen_max(ct, mri, SharpenRule(0.0)), np.maximum(ct, mri))
@@ -39,17 +31,17 @@ def test_edge_gate_changes_fewer_pixels_and_raises_spatial_frequency(sources):
     assert gated.min() >= 0 and gated.max() <= metrics.PEAK and np.array_equal(gated, np.round(gated))
 
 
-def test_report_scores_every_rule_on_every_pair(harvard_test: Path, tmp_path: Path):
+def test_report_scores_every_rule_on_every_pair(pair_name: str, harvard_test: Path, tmp_path: Path):
     data = tmp_path / "data"
     for modality in ("CT", "MRI"):
         (data / modality).mkdir(parents=True)
-        for name in (PAIR, "12"):
+        for name in (pair_name, "12"):
             shutil.copy(harvard_test / modality / f"{name}.png", data / modality / f"{name}.png")
     result = CliRunner().invoke(module.main, ["--data", str(data), "--out", str(tmp_path / "r")])
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "r" / module.JSON_NAME).read_text())
     assert report["pairs"] == 2 and set(report["mean"]) == {rule.label for rule in module.DEFAULT_RULES}
-    assert all(set(rows) == {PAIR, "12"} for rows in report["per_pair"].values())
+    assert all(set(rows) == {pair_name, "12"} for rows in report["per_pair"].values())
     assert report["mean"]["pixel max"]["SF"] < report["mean"]["max + 1·unsharp, everywhere"]["SF"]
     assert "| pixel max |" in (tmp_path / "r" / module.MARKDOWN_NAME).read_text()
 
