@@ -36,8 +36,9 @@ from fuse_runtime import metrics
 from fuse_runtime.errors import FuseError
 from fuse_runtime.pairing import find_pairs
 
-JSON_NAME = "departure.json"
-MARKDOWN_NAME = "departure.md"
+REPORT_STEM = "departure"
+JSON_NAME = f"{REPORT_STEM}.json"
+MARKDOWN_NAME = f"{REPORT_STEM}.md"
 SATURATED_EROSION = 2
 """Pixels peeled off the saturated-CT mask, so its edge (where the CT does have a gradient) is left out."""
 FIELDS: tuple[str, ...] = (
@@ -99,7 +100,7 @@ def main(data: Path, checkpoint: Path | None, engine: Path | None, out: Path) ->
     rows = [[name, result["mean"][name]] for name in FIELDS]
     text = (f"# Departure from pixel max: {result['method']}\n\n{len(result['pairs'])} pairs of {data}; gray levels "
             f"(background nonzero: share of pixels)\n\n" + markdown_table(["measure", "mean"], rows, digits=3))
-    click.echo("wrote {} and {}".format(*write_report(out, "departure", result, text)))
+    click.echo("wrote {} and {}".format(*write_report(out, REPORT_STEM, result, text)))
 
 
 if __name__ == "__main__":

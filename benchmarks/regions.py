@@ -28,8 +28,9 @@ from fuse_runtime import metrics
 from fuse_runtime.errors import FuseError
 from fuse_runtime.pairing import find_pairs
 
-JSON_NAME = "regions.json"
-MARKDOWN_NAME = "regions.md"
+REPORT_STEM = "regions"
+JSON_NAME = f"{REPORT_STEM}.json"
+MARKDOWN_NAME = f"{REPORT_STEM}.md"
 METRICS: tuple[str, ...] = ("EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM")
 SATURATED_CT = 250.0
 """8-bit CT level at and above which a pixel counts as saturated (dense) bone."""
@@ -131,7 +132,7 @@ def main(data: Path, checkpoint: Path | None, engine: Path | None, out: Path) ->
     text = (f"# Model output by region\n\n{result['method']} on {result['pairs']} pairs of {data}; "
             f"bone = CT ≥ {SATURATED_CT:g} grown by one pixel; mean per rule\n\n"
             + markdown_table(["rule", *METRICS], rows, digits=3))
-    click.echo("wrote {} and {}".format(*write_report(out, "regions", result, text)))
+    click.echo("wrote {} and {}".format(*write_report(out, REPORT_STEM, result, text)))
 
 
 if __name__ == "__main__":

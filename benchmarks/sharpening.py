@@ -27,8 +27,9 @@ from fuse_runtime import metrics
 from fuse_runtime.errors import FuseError
 from fuse_runtime.pairing import find_pairs
 
-JSON_NAME = "sharpening.json"
-MARKDOWN_NAME = "sharpening.md"
+REPORT_STEM = "sharpening"
+JSON_NAME = f"{REPORT_STEM}.json"
+MARKDOWN_NAME = f"{REPORT_STEM}.md"
 METRICS: tuple[str, ...] = ("EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM")
 BLUR_SIGMA = 1.0
 """Gaussian sigma (pixels) of the unsharp mask's blur."""
@@ -97,7 +98,7 @@ def main(data: Path, out: Path) -> None:
     rows = [[label, *(values[name] for name in METRICS)] for label, values in result["mean"].items()]
     text = (f"# Sharpened pixel max\n\n{result['pairs']} pairs of {data}; mean per rule\n\n"
             + markdown_table(["rule", *METRICS], rows, digits=3))
-    click.echo("wrote {} and {}".format(*write_report(out, "sharpening", result, text)))
+    click.echo("wrote {} and {}".format(*write_report(out, REPORT_STEM, result, text)))
 
 
 if __name__ == "__main__":
