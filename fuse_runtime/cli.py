@@ -53,8 +53,8 @@ _DEFAULTS = RunOptions()
 @click.option(
     "--format", "output_format", type=click.Choice(FORMATS), default=_DEFAULTS.output_format, show_default=True,
     help="Output format. auto: same kind as the input (images → PNG, DICOM → DICOM Secondary Capture, "
-    "NIfTI → NIfTI). png: 8-bit PNG (a folder of slices for volumes). nifti: uint8 .nii.gz on the CT's grid "
-    "(RGB as a trailing axis of 3). dicom: Secondary Capture series.",
+    "NIfTI → NIfTI). png: 8-bit PNG (a folder of slices for volumes). nifti: .nii.gz on the CT's grid "
+    "(RGB24 colour; float32 with --gray). dicom: a derived Secondary Capture series on the CT's grid.",
 )
 @click.option(
     "--workers", type=click.IntRange(min=1), default=_DEFAULTS.workers, show_default=True,
@@ -87,7 +87,14 @@ _DEFAULTS = RunOptions()
     "to the report.",
 )
 @click.option("--preview", is_flag=True, help="Also write CT | MRI | fused side-by-side PNGs under OUT/preview/.")
-@click.option("--gray", is_flag=True, help="Write 8-bit gray (BT.601 luminance of the fused RGB) instead of RGB.")
+@click.option("--gray", is_flag=True, help="Write gray (BT.601 luminance of the fused RGB) instead of RGB: 8-bit PNG/DICOM, float32 NIfTI.")
+@click.option(
+    "--register", type=click.Choice(["rigid"]), default=None,
+    help="Register each MRI to its CT before fusing: rigid (SimpleITK, Mattes mutual information; 3-D for volumes, "
+    "2-D for slices). The transform is written beside the output (.tfm) and the metric before/after goes in the "
+    "report; a pair whose registration does not converge fails, the others go on. [default: none; an MRI on "
+    "another grid is resampled onto the CT's by the headers' world coordinates]",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option(
     "--ray", "ray_address", is_flag=False, flag_value=RAY_LOCAL, default=None, metavar="[ADDRESS]",
@@ -110,6 +117,7 @@ def main(
     metrics: bool,
     preview: bool,
     gray: bool,
+    register: str | None,
     quiet: bool,
     ray_address: str | None,
 ) -> None:
@@ -128,6 +136,7 @@ def main(
         preview=preview,
         gray=gray,
         progress=not quiet,
+        register=register,
     )
     engine_notices: list[str] = []
 

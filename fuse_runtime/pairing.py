@@ -35,6 +35,7 @@ from tqdm import tqdm
 from fuse_runtime.errors import FuseError
 from fuse_runtime.io import read_scan
 from fuse_runtime.preprocess import Role, check_registered
+from fuse_runtime.resample import align_to_ct
 from fuse_runtime.scan import Scan
 
 Task = Literal["ct-mri", "vis-ir"]
@@ -148,11 +149,15 @@ def find_pairs(root: str | Path, task: Task = "ct-mri") -> PairingReport:
     )
 
 
-def load_pair(pair: Pair) -> tuple[Scan, Scan]:
-    """Read both scans of ``pair`` (modalities set from the task's roles) and check they are registered.
+def load_pair(pair: Pair, register: str | None = None) -> tuple[Scan, Scan]:
+    """Read both scans of ``pair`` (modalities set from the task's roles) and put the second on the first's grid.
 
-    Raises FuseError naming both files when either is unreadable or their geometry (shape, spacing,
-    affine) differs.
+    A pair on one grid comes back as read. Otherwise the second scan is resampled onto the first's
+    grid by world coordinates (``fuse_runtime.resample``), or registered first with
+    ``register="rigid"`` (``fuse_runtime.register``). How it was aligned (an ``Alignment``) is kept in
+    the first scan's ``metadata["alignment"]``, and the SOP instances of the second scan in its
+    ``metadata["second_slices"]``, for the report and the DICOM writer. Raises FuseError naming both
+    files when either is unreadable, the scans do not overlap, or a grid cannot be placed in space.
     """
     layout = TASKS[pair.task]
     try:
@@ -160,8 +165,34 @@ def load_pair(pair: Pair) -> tuple[Scan, Scan]:
         second = read_scan(pair.second, modality=layout.modalities[1])
     except (FuseError, OSError) as error:
         raise FuseError(f"cannot load the pair {pair.first} + {pair.second}: {error}") from None
-    check_registered(first, second)
-    return first, second
+    aligned, alignment = align_to_ct(first, second, register)
+    check_registered(first, aligned)
+    first.metadata["alignment"] = alignment
+    first.metadata["second_slices"] = _instances(second, alignment.source_slices or [])
+    first.metadata["second_dicom"] = {
+        key: value
+        for key, value in (second.metadata.get("dicom") or {}).items()
+        if key in ("StudyInstanceUID", "SeriesInstanceUID", "Modality")
+    }
+    return first, aligned
+
+
+def _instances(scan: Scan, sources: list[list[int]]) -> list[list[dict[str, str]]]:
+    """Per slice of the first scan, the DICOM instances (SOPClassUID, SOPInstanceUID) of ``scan`` it uses.
+
+    ``sources`` lists ``scan``'s slice indices per first-scan slice; empty lists for non-DICOM scans.
+    """
+    tags = scan.metadata.get("dicom") or {}
+    sop_class = tags.get("SOPClassUID")
+    slices = scan.metadata.get("slices") or ([tags] if scan.source_format == "dicom" else [])
+    instances = [
+        {"SOPClassUID": sop_class, "SOPInstanceUID": item.get("SOPInstanceUID")} if sop_class else None
+        for item in slices
+    ]
+    return [
+        [instances[i] for i in indices if i < len(instances) and instances[i] and instances[i]["SOPInstanceUID"]]
+        for indices in sources
+    ]
 
 
 def verify_pairs(report: PairingReport, progress: bool = False) -> PairingReport:

@@ -57,6 +57,8 @@ FORMATS: tuple[str, ...] = ("auto", "png", "nifti", "dicom")
 AUTO_FORMAT = {"image": "png", "dicom-file": "dicom", "dicom-series": "dicom", "nifti": "nifti"}
 #: Pair kinds whose result is one 2-D image (one file); the others are volumes (a folder or one NIfTI).
 FLAT_KINDS = ("image", "dicom-file")
+#: ``RunOptions.register``: None (resample by world coordinates when the grids differ) or rigid registration.
+REGISTER_CHOICES: tuple[str | None, ...] = (None, "rigid")
 PREVIEW_DIR = "preview"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _POLL_SECONDS = 0.1
@@ -76,8 +78,10 @@ class RunOptions:
     overwrite: replace existing outputs instead of skipping them.
     metrics: add fusion metrics (fuse_runtime.metrics) per pair to the report.
     preview: write CT | MRI | fused PNGs under ``OUT/preview/``.
-    gray: write 8-bit luminance instead of RGB.
+    gray: write luminance instead of RGB (8-bit PNG/DICOM, float32 NIfTI).
     progress: show a tqdm bar over slices.
+    register: ``None`` (an MRI on another grid is resampled by world coordinates) or ``"rigid"``
+        (registered to the CT first; the transform is written beside the output as ``.tfm``).
     """
 
     batch_size: int = 8
@@ -89,6 +93,7 @@ class RunOptions:
     preview: bool = False
     gray: bool = False
     progress: bool = True
+    register: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "workers", "queue_pairs"):
@@ -96,6 +101,8 @@ class RunOptions:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.output_format not in FORMATS:
             raise ValueError(f"output_format must be one of {FORMATS}, got {self.output_format!r}")
+        if self.register not in REGISTER_CHOICES:
+            raise ValueError(f"register must be one of {REGISTER_CHOICES}, got {self.register!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__dataclass_fields__}
@@ -223,16 +230,16 @@ def finish_run(plan: RunPlan, wall_seconds: float) -> RunReport:
 
 
 def read_pair(
-    pair: Pair, config: PreprocessConfig, native: bool
+    pair: Pair, config: PreprocessConfig, native: bool, register: str | None = None
 ) -> tuple[Scan, PreparedPair, tuple[np.ndarray, np.ndarray] | None]:
-    """Read and preprocess one pair with the engine's ``config``.
+    """Read and preprocess one pair with the engine's ``config``, the MRI put on the CT's grid.
 
-    Returns the CT scan, the model inputs, and (when ``native``) both normalised scans at their own
+    ``register`` is ``RunOptions.register`` (see ``pairing.load_pair``). Returns the CT scan, the model inputs, and (when ``native``) both normalised scans at their own
     size, ``[S,H,W]`` in [0,1], for metrics and previews. Raises FuseError for anything that goes
     wrong, its message naming both files.
     """
     try:
-        ct, mri = load_pair(pair)
+        ct, mri = load_pair(pair, register)
         prepared = prepare_pair(ct, mri, pair.roles, config)
         normalised = None
         if native:
@@ -281,9 +288,11 @@ def write_pair(
     """
     result = job.result
     try:
-        images = writers.to_display(restore_geometry(fused, restore), gray=options.gray)
-        _write_output(job, images, ct, engine_description)
+        restored = restore_geometry(fused, restore)
+        images = writers.to_display(restored, gray=options.gray)
+        _write_output(job, images, ct, engine_description, restored)
         result.outputs = [str(job.output)]
+        _record_alignment(job, ct)
         if native is not None:
             ct_native, mri_native = native
             if options.preview and job.preview is not None:
@@ -440,7 +449,7 @@ class _Runner:
     def _prepare(self, job: Job) -> _Prepared | _Failed:
         try:
             native_wanted = self.options.metrics or self.options.preview
-            ct, prepared, native = read_pair(job.pair, self.engine.preprocess, native_wanted)
+            ct, prepared, native = read_pair(job.pair, self.engine.preprocess, native_wanted, self.options.register)
         except FuseError as error:
             return _Failed(job, str(error))
         slices = prepared.first.shape[0]
@@ -550,7 +559,7 @@ def pair_metrics(ct: np.ndarray, mri: np.ndarray, fused: np.ndarray) -> dict[str
     return {name: _finite_mean([values[name] for values in per_slice]) for name in names}
 
 
-def _write_output(job: Job, images: np.ndarray, ct: Scan, engine_description: str) -> None:
+def _write_output(job: Job, images: np.ndarray, ct: Scan, engine_description: str, restored: np.ndarray) -> None:
     fmt = job.output_format
     flat_one = job.single_file and fmt != "nifti"
     if flat_one and len(images) != 1:
@@ -562,10 +571,25 @@ def _write_output(job: Job, images: np.ndarray, ct: Scan, engine_description: st
     if fmt == "png":
         (writers.write_png(job.output, images[0]) if flat_one else writers.write_png_slices(job.output, images))
     elif fmt == "nifti":
-        writers.write_nifti(job.output, images, ct)
+        # RGB as 8-bit RGB24; gray as float32 luminance from the unquantised result
+        writers.write_nifti(job.output, images if images.ndim == 4 else writers.to_luminance(restored), ct)
     else:
         description = f"Fusion of CT {job.pair.first.name} and MRI {job.pair.second.name} by {engine_description}"
         writers.write_dicom_series(job.output, images, ct, description, single_file=flat_one)
+
+
+def _record_alignment(job: Job, ct: Scan) -> None:
+    """Put how the MRI was aligned in the report; write a registration's transform beside the output."""
+    alignment = ct.metadata.get("alignment")
+    if alignment is None:
+        return
+    job.result.alignment = alignment.to_report()
+    if alignment.transform is not None:
+        from fuse_runtime.register import transform_path, write_transform
+
+        path = write_transform(transform_path(job.output), alignment.transform)
+        job.result.alignment["transform_file"] = str(path)
+        job.result.outputs.append(str(path))
 
 
 def _fit_batch(engine: Engine, requested: int, notices: list[str]) -> int:

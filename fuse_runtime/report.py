@@ -2,7 +2,9 @@
 
 Per pair: the input files, the outputs written, the status (``ok``, ``skipped`` because the outputs
 already exist, ``failed``), the error when it failed, slices fused, seconds from the start of its
-reading to the end of its writing, and the fusion metrics when asked for. Totals: pairs by status,
+reading to the end of its writing, the fusion metrics when asked for, and how the MRI was put on the
+CT's grid (``alignment``: method same-grid / world / rigid, overlap fraction, registration metric
+before and after, the transform file). Totals: pairs by status,
 slices, wall time in seconds and the throughput in pairs/s and slices/s.
 """
 
@@ -30,6 +32,7 @@ class PairResult:
     slices: int = 0
     seconds: float = 0.0
     metrics: dict[str, float] | None = None
+    alignment: dict[str, Any] | None = None
 
 
 @dataclass

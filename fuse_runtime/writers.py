@@ -9,15 +9,21 @@ renamed into place as a whole, so an interrupted run leaves no partial result un
 Formats:
 
 * PNG: one 8-bit RGB (or gray) file per slice. A volume becomes a folder ``slice_NNNNN.png``.
-* NIfTI: uint8, written with ``fuse_runtime.io.nifti.write_like`` when the CT is NIfTI, so the file
-  has the CT's voxel layout, header, qform and sform and overlays it in any viewer. RGB is stored as a
-  trailing axis of length 3 (``[X,Y,Z,3]``: R, G, B volumes; ITK-SNAP shows it as colour, FSLeyes as
-  an RGB vector); ``--gray`` gives a plain ``[X,Y,Z]`` volume. A CT read from DICOM or an image gets a
-  NIfTI-1 file built from its LPS affine (voxel order column, row, slice).
-* DICOM: a Secondary Capture series (one file per slice, ``IM_NNNNN.dcm``): new Series and SOP
-  Instance UIDs, patient and study tags copied from a DICOM CT (else a new study), ImageType
-  ``DERIVED\\SECONDARY``, a DerivationDescription, the CT slice each image derives from, and the
-  CT's plane geometry (position, orientation, spacing) so the series stacks like the source.
+* NIfTI: on the CT's grid, written with ``fuse_runtime.io.nifti.write_like`` when the CT is NIfTI
+  (its voxel layout, header, qform and sform, so it overlays the CT in any viewer), else a NIfTI-1
+  file built from the CT's LPS affine (voxel order column, row, slice) with qform and sform codes 1
+  (scanner). RGB is one voxel of the NIfTI RGB24 datatype (code 128: nibabel's ``R, G, B`` uint8
+  record, a colour vector in SimpleITK/ITK-SNAP/FSLeyes), not a 4th axis; gray is float32 in [0, 1].
+* DICOM: a derived Secondary Capture series on the CT's grid (one file per slice, ``IM_NNNNN.dcm``):
+  new Series and SOP Instance UIDs, InstanceNumber 1..S in the CT's slice order, patient and study
+  tags and FrameOfReferenceUID copied from a DICOM CT (else a new study and frame of reference),
+  ImageType ``DERIVED\\SECONDARY``, per slice ImagePositionPatient / ImageOrientationPatient /
+  PixelSpacing / SliceThickness from the CT's grid (so viewers and SimpleITK stack it as one volume),
+  PatientOrientation from the same directions, an empty Laterality, SourceImageSequence naming the
+  CT slice and the MR slices it derives from, ReferencedSeriesSequence naming both source series, and
+  "NOT FOR DIAGNOSTIC USE" in ImageComments, SeriesDescription and DerivationDescription. Every file
+  passes dicom3tools' ``dciodvfy`` without errors (warnings: the plane attributes are a standard
+  extension of the Secondary Capture IOD).
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, ge
 
 from fuse_runtime.atomic import atomic_path
 from fuse_runtime.errors import FuseError
-from fuse_runtime.io.nifti import RAS_TO_LPS, write_like
+from fuse_runtime.io.nifti import RAS_TO_LPS, RGB24, write_like
 from fuse_runtime.metrics import BT601_WEIGHTS
 from fuse_runtime.scan import Scan
 
@@ -67,7 +73,9 @@ COPIED_DICOM_TAGS = (
     "BodyPartExamined",
     "PatientPosition",
 )
-FUSED_SERIES_DESCRIPTION = "Fused CT+MRI (fuse)"
+NOT_FOR_DIAGNOSTIC_USE = "NOT FOR DIAGNOSTIC USE"
+FUSED_SERIES_DESCRIPTION = f"Fused CT+MRI (fuse) - {NOT_FOR_DIAGNOSTIC_USE}"
+
 FUSED_SERIES_NUMBER = 9001
 
 
@@ -105,18 +113,41 @@ def write_png_slices(folder: str | Path, images: np.ndarray) -> Path:
     return Path(folder)
 
 
+def to_luminance(fused: np.ndarray) -> np.ndarray:
+    """BT.601 luminance of restored fused ``[S,3,H,W]`` float as float32 ``[S,H,W]`` clipped to [0, 1]."""
+    gray = np.moveaxis(fused, 1, -1).astype(np.float32, copy=False) @ np.asarray(BT601_WEIGHTS, dtype=np.float32)
+    return np.clip(gray, 0.0, 1.0).astype(np.float32, copy=False)
+
+
+def as_rgb24(images: np.ndarray) -> np.ndarray:
+    """uint8 ``[..., 3]`` → NIfTI RGB24 records ``[...]`` (no copy of the values' meaning)."""
+    return np.ascontiguousarray(images, dtype=np.uint8).view(RGB24)[..., 0]
+
+
 def write_nifti(path: str | Path, images: np.ndarray, ct: Scan) -> Path:
-    """Write ``[S,H,W]`` or ``[S,H,W,3]`` uint8 (CT's slice layout) as a NIfTI on the CT's grid."""
+    """Write fused images (CT's slice layout) as a NIfTI on the CT's grid.
+
+    ``images``: uint8 ``[S,H,W,3]`` RGB → RGB24 voxels; ``[S,H,W]`` gray → float32 in [0, 1]
+    (uint8 gray is divided by 255, float gray clipped).
+    """
     path = Path(path)
     if images.shape[:3] != ct.slices().shape:
         raise ValueError(f"images {images.shape} do not match the CT's [S,H,W] {ct.slices().shape}")
+    if images.ndim == 4:
+        voxels = as_rgb24(images)
+    elif images.dtype == np.uint8:
+        voxels = images.astype(np.float32) / np.float32(255.0)
+    else:
+        voxels = np.clip(images, 0.0, 1.0).astype(np.float32)
     if ct.source_format == "nifti":
-        return write_like(ct, images, path)
+        return write_like(ct, voxels, path)
     affine = _nifti_affine(ct)
-    # (slice, row, col) → NIfTI voxel order (col, row, slice), channels kept last.
-    data = np.ascontiguousarray(np.swapaxes(images, 0, 2))
+    # (slice, row, col) → NIfTI voxel order (col, row, slice).
+    data = np.ascontiguousarray(np.swapaxes(voxels, 0, 2))
     image = nib.Nifti1Image(data, affine)
     image.header.set_xyzt_units("mm")
+    image.set_qform(affine, code=1)
+    image.set_sform(affine, code=1)
     with atomic_path(path) as tmp:
         nib.save(image, tmp)
     return path
@@ -139,6 +170,8 @@ def write_dicom_series(
     slices_meta: list[dict[str, Any]] = ct.metadata.get("slices") or (
         [{"SOPInstanceUID": tags.get("SOPInstanceUID")}] if len(images) == 1 else [{}] * len(images)
     )
+    mr_sources: list[list[dict[str, str]]] = ct.metadata.get("second_slices") or []
+    series = _referenced_series(tags, ct.metadata.get("second_dicom") or {}, slices_meta, mr_sources)
     now = datetime.now()
     datasets = [
         _secondary_capture(
@@ -151,6 +184,8 @@ def write_dicom_series(
             geometry=geometry[index] if geometry else None,
             source=slices_meta[index] if index < len(slices_meta) else {},
             source_class=tags.get("SOPClassUID"),
+            mr_sources=mr_sources[index] if index < len(mr_sources) else [],
+            series=series,
             description=description,
             now=now,
         )
@@ -256,6 +291,8 @@ def _secondary_capture(
     geometry: dict[str, list[float]] | None,
     source: dict[str, Any],
     source_class: str | None,
+    mr_sources: list[dict[str, str]],
+    series: DicomSequence | None,
     description: str,
     now: datetime,
 ) -> Dataset:
@@ -282,17 +319,22 @@ def _secondary_capture(
     ds.Modality = "OT"
     ds.ConversionType = "WSD"
     ds.ImageType = ["DERIVED", "SECONDARY"]
-    ds.DerivationDescription = description[:1024]
+    ds.DerivationDescription = f"{description} - {NOT_FOR_DIAGNOSTIC_USE}"[:1024]
+    ds.ImageComments = f"{NOT_FOR_DIAGNOSTIC_USE}: research fusion of CT and MRI; {description}"[:10240]
+    ds.BurnedInAnnotation = "NO"
+    ds.Laterality = ""
     ds.SeriesDescription = FUSED_SERIES_DESCRIPTION
     ds.SeriesNumber = FUSED_SERIES_NUMBER
     ds.InstanceNumber = index + 1
     ds.SeriesDate = ds.ContentDate = now.strftime("%Y%m%d")
     ds.SeriesTime = ds.ContentTime = now.strftime("%H%M%S")
-    if source.get("SOPInstanceUID") and source_class:
-        reference = Dataset()
-        reference.ReferencedSOPClassUID = source_class
-        reference.ReferencedSOPInstanceUID = source["SOPInstanceUID"]
-        ds.SourceImageSequence = DicomSequence([reference])
+    references = [{"SOPClassUID": source_class, "SOPInstanceUID": source.get("SOPInstanceUID")}, *mr_sources]
+    items = [_image_reference(ref) for ref in references if ref.get("SOPClassUID") and ref.get("SOPInstanceUID")]
+    if items:
+        ds.SourceImageSequence = DicomSequence(items)
+    if series is not None:
+        ds.ReferencedSeriesSequence = series
+    ds.PatientOrientation = _patient_orientation(geometry["orientation"]) if geometry is not None else ""
     if geometry is not None:
         ds.ImagePositionPatient = [round(v, 6) for v in geometry["position"]]
         ds.ImageOrientationPatient = [round(v, 8) for v in geometry["orientation"]]
@@ -311,6 +353,47 @@ def _secondary_capture(
         ds.PhotometricInterpretation = "MONOCHROME2"
     ds.PixelData = np.ascontiguousarray(image).tobytes()
     return ds
+
+
+def _image_reference(reference: dict[str, str]) -> Dataset:
+    item = Dataset()
+    item.ReferencedSOPClassUID = reference["SOPClassUID"]
+    item.ReferencedSOPInstanceUID = reference["SOPInstanceUID"]
+    return item
+
+
+def _referenced_series(
+    ct_tags: dict[str, Any],
+    mr_tags: dict[str, Any],
+    ct_slices: list[dict[str, Any]],
+    mr_sources: list[list[dict[str, str]]],
+) -> DicomSequence | None:
+    """ReferencedSeriesSequence: the CT series and the MR series with the instances the result uses."""
+    items = []
+    ct_refs = [{"SOPClassUID": ct_tags.get("SOPClassUID"), "SOPInstanceUID": s.get("SOPInstanceUID")} for s in ct_slices]
+    mr_refs = list({ref["SOPInstanceUID"]: ref for refs in mr_sources for ref in refs}.values())
+    for tags, refs in ((ct_tags, ct_refs), (mr_tags, mr_refs)):
+        refs = [ref for ref in refs if ref.get("SOPClassUID") and ref.get("SOPInstanceUID")]
+        if not tags.get("SeriesInstanceUID") or not refs:
+            continue
+        item = Dataset()
+        item.SeriesInstanceUID = tags["SeriesInstanceUID"]
+        item.ReferencedInstanceSequence = DicomSequence([_image_reference(ref) for ref in refs])
+        items.append(item)
+    return DicomSequence(items) if items else None
+
+
+def _patient_orientation(orientation: Sequence[float]) -> list[str]:
+    """PatientOrientation (row direction, column direction) from ImageOrientationPatient, e.g. ``["L", "P"]``.
+
+    Each direction is spelled by its LPS components above 1e-3 in decreasing size (``LP`` for oblique).
+    """
+    letters = (("R", "L"), ("A", "P"), ("F", "H"))
+    values = []
+    for vector in (orientation[:3], orientation[3:]):
+        order = np.argsort(-np.abs(np.asarray(vector, dtype=float)))
+        values.append("".join(letters[axis][vector[axis] > 0] for axis in order if abs(vector[axis]) > 1e-3))
+    return values
 
 
 def _plane_geometry(ct: Scan) -> list[dict[str, list[float]]] | None:

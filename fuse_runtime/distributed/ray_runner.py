@@ -318,13 +318,15 @@ def _probe_engine(engine_path: str, provider: str, threads: int | None) -> Engin
 # --- the three stages -----------------------------------------------------------------------------
 
 
-def _read_slices(row: dict[str, Any], config: PreprocessConfig, native: bool) -> list[dict[str, Any]]:
+def _read_slices(
+    row: dict[str, Any], config: PreprocessConfig, native: bool, register: str | None = None
+) -> list[dict[str, Any]]:
     """Ray Data ``flat_map``: one pair → one row per preprocessed slice (or one row with its error)."""
     started = time.time()
     pair = Pair(str(row["name"]), Path(row["first"]), Path(row["second"]), row["kind"], row["task"])
     job = int(row["job"])
     try:
-        ct, prepared, normalised = read_pair(pair, config, native)
+        ct, prepared, normalised = read_pair(pair, config, native, register)
     except FuseError as error:
         size = config.image_size
         blank_ct, blank_mri = np.zeros((3, size, size), np.float32), np.zeros((1, size, size), np.float32)
@@ -475,7 +477,11 @@ class _Execution:
         native = self.options.metrics or self.options.preview
         return (
             data.from_items(items, override_num_blocks=len(items))
-            .flat_map(_read_slices, fn_kwargs={"config": self.info.preprocess, "native": native}, num_cpus=1)
+            .flat_map(
+                _read_slices,
+                fn_kwargs={"config": self.info.preprocess, "native": native, "register": self.options.register},
+                num_cpus=1,
+            )
             .map_batches(
                 _FuseActor,
                 batch_size=self.plan.batch_size,

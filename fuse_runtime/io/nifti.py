@@ -54,7 +54,9 @@ RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 _IMAGE_TYPES = {"Nifti1Image": nib.Nifti1Image, "Nifti2Image": nib.Nifti2Image}
 _INTEGERS = tuple(np.dtype(t) for t in (np.uint8, np.int8, np.uint16, np.int16, np.uint32, np.int32))
 _BITS = {dtype: dtype.itemsize * 8 for dtype in _INTEGERS}
-_WRITABLE = _INTEGERS + (np.dtype(np.float32), np.dtype(np.float64))
+#: NIfTI RGB24 (datatype 128): one record of three uint8 per voxel, as nibabel spells it.
+RGB24 = np.dtype([("R", "u1"), ("G", "u1"), ("B", "u1")])
+_WRITABLE = _INTEGERS + (np.dtype(np.float32), np.dtype(np.float64), RGB24)
 
 
 def read_nifti(path: str | Path, modality: str | None = None) -> Scan:
@@ -127,7 +129,9 @@ def write_like(scan: Scan, data: np.ndarray, path: str | Path) -> Path:
     """Write ``data`` (``[S, H, W]`` or ``[S, H, W, C]``, reader layout) as NIfTI on the source's grid.
 
     The file keeps the source's NIfTI type, header and both its qform and sform (codes included), so
-    the result overlays the source in any viewer. Data keep their dtype (bool → uint8, other types
+    the result overlays the source in any viewer; a source whose qform and sform codes are both 0
+    gets both set (code 1, scanner) to the affine it was read with, and one whose sform code alone is
+    0 gets the qform's. Data keep their dtype (bool → uint8, ``RGB24`` records stay RGB, other types
     NIfTI cannot hold → float32), unscaled; the display range cal_min/cal_max is cleared. Channels
     become the trailing axis (the 4th for a 3-D source). Written atomically: an existing file is
     replaced only once the new one is complete. Returns ``path``.
@@ -148,6 +152,12 @@ def write_like(scan: Scan, data: np.ndarray, path: str | Path) -> Path:
     image_type = _IMAGE_TYPES[scan.metadata.get("nifti_class", "Nifti1Image")]
     # affine=None: the header's own qform and sform are written unchanged.
     image = image_type(array, affine=None, header=header)
+    qform_code, sform_code = int(header["qform_code"]), int(header["sform_code"])
+    if not sform_code:
+        affine = scan.metadata["nifti_affine"]
+        image.set_sform(affine, code=qform_code or 1)
+        if not qform_code:
+            image.set_qform(affine, code=1)
     with atomic_path(path) as tmp:
         nib.save(image, tmp)
     return path
