@@ -41,7 +41,7 @@ class RegistrationConfig:
     seed: int = 20240
     iterations: int = 300
     learning_rate: float = 1.0
-    min_step: float = 1e-3
+    min_step: float = 1e-4
     shrink: tuple[int, ...] = (4, 2, 1)
     smoothing_mm: tuple[float, ...] = (4.0, 2.0, 0.0)
 
