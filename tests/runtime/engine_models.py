@@ -132,6 +132,10 @@ def read_output(path: Path, fmt: str, ct) -> np.ndarray:
         return np.stack([pydicom.dcmread(f).pixel_array for f in files])
     image = nib.load(path)
     data = np.asarray(image.dataobj)
+    if data.dtype.names:  # RGB24 voxels → a trailing channel axis
+        data = np.stack([data[channel] for channel in ("R", "G", "B")], axis=-1)
+    elif data.dtype.kind == "f":  # gray written as float in [0, 1]
+        data = np.clip(np.rint(data * 255.0), 0, 255).astype(np.uint8)
     if ct.source_format == "nifti":
         from nibabel.orientations import apply_orientation, axcodes2ornt, ornt_transform
 

@@ -131,7 +131,8 @@ def _check_geometry(scans: Path, out: Path) -> None:
     """NIfTI: the CT's affine, zooms and shape; DICOM: the CT series' grid; PNG: the source size."""
     source, fused = nib.load(scans / "nifti" / "case01" / "ct.nii.gz"), nib.load(out / "nifti" / "case01.nii.gz")
     np.testing.assert_array_equal(fused.affine, source.affine)
-    assert fused.shape == source.shape + (3,)
+    assert fused.shape == source.shape and fused.header["datatype"] == 128  # RGB24
+    assert int(fused.header["sform_code"]) == int(source.header["sform_code"]) > 0
     assert fused.header.get_zooms()[:3] == source.header.get_zooms()[:3]
     ct_series, fused_series = read_scan(scans / "dicom" / "case01" / "CT"), read_scan(out / "dicom" / "case01")
     assert fused_series.pixels.shape == ct_series.pixels.shape

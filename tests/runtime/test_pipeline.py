@@ -221,3 +221,58 @@ def test_input_inside_the_output_folder_is_never_touched(engine, scans: Path, tm
     report = run(engine, inputs, tmp_path, QUIET)
     assert [r.status for r in report.pairs] == ["ok"] * 3
     assert (tmp_path / "11.png").is_file() and _files(inputs) == before
+
+
+def _other_grid_tree(root: Path, scans: Path) -> Path:
+    """A DICOM case whose MR series has another field of view (cropped, shifted ImagePositionPatient)."""
+    import shutil
+
+    import pydicom
+
+    case = root / "case02"
+    shutil.copytree(scans / "dicom" / "case01" / "CT", case / "CT")
+    (case / "MRI").mkdir(parents=True)
+    for path in sorted((scans / "dicom" / "case01" / "MRI").glob("*.dcm")):
+        ds = pydicom.dcmread(path)
+        pixels = ds.pixel_array[8:120, 4:110]
+        ds.ImagePositionPatient = [float(ds.ImagePositionPatient[0]) + 4 * 1.8,
+                                   float(ds.ImagePositionPatient[1]) + 8 * 1.8, ds.ImagePositionPatient[2]]
+        ds.Rows, ds.Columns = pixels.shape
+        ds.PixelData = np.ascontiguousarray(pixels).tobytes()
+        ds.save_as(case / "MRI" / path.name)
+    return root
+
+
+def test_mri_on_another_grid_fuses_on_the_ct_grid_as_a_derived_series(engine, scans: Path, tmp_path: Path) -> None:
+    import pydicom
+    from dicom_checks import assert_dciodvfy_clean, assert_same_geometry, read_series
+
+    tree = _other_grid_tree(tmp_path / "in", scans)
+    report = run(engine, tree, tmp_path / "out", QUIET)
+    (result,) = report.pairs
+    assert result.status == "ok", result.error
+    assert result.alignment == {"method": "world", "overlap": pytest.approx(112 * 106 / 128**2, abs=1e-6)}
+    folder = tmp_path / "out" / "case02"
+    assert_dciodvfy_clean(folder.glob("*.dcm"))
+    assert_same_geometry(read_series(folder), read_series(tree / "case02" / "CT"))
+    first = pydicom.dcmread(folder / "IM_00003.dcm")
+    references = {item.ReferencedSOPClassUID.name for item in first.SourceImageSequence}
+    assert references == {"CT Image Storage", "MR Image Storage"}
+    assert len(first.ReferencedSeriesSequence) == 2
+    saved = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert saved["pairs"][0]["alignment"]["method"] == "world"
+
+
+def test_register_rigid_writes_the_transform_and_the_metric(engine, scans: Path, tmp_path: Path) -> None:
+    report = run(engine, scans / "nifti", tmp_path, RunOptions(register="rigid", progress=False))
+    (result,) = report.pairs
+    assert result.status == "ok", result.error
+    alignment = result.alignment
+    assert alignment["method"] == "rigid" and alignment["metric_after"] <= alignment["metric_before"]
+    assert Path(alignment["transform_file"]) == tmp_path / "case01.tfm" and (tmp_path / "case01.tfm").is_file()
+    assert str(tmp_path / "case01.tfm") in result.outputs
+
+
+def test_same_grid_pairs_are_fused_as_before(engine, scans: Path, tmp_path: Path) -> None:
+    report = run(engine, scans / "dicom", tmp_path, QUIET)
+    assert report.pairs[0].alignment == {"method": "same-grid", "overlap": 1.0}

@@ -9,11 +9,14 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
+import SimpleITK as sitk
 from nibabel.testing import data_path as nibabel_data
 from pydicom.data import get_testdata_file
 from pydicom.uid import SecondaryCaptureImageStorage
 
+from dicom_checks import assert_dciodvfy_clean, assert_same_geometry, read_series
 from fuse_runtime import writers
+from fuse_runtime.resample import to_sitk
 from fuse_runtime.io import read_scan
 from fuse_runtime.phantoms import write_phantoms
 
@@ -86,15 +89,21 @@ def test_nifti_keeps_the_source_grid(tmp_path: Path, name: str, gray: bool) -> N
     images = images[..., 0] if gray else images
     path = writers.write_nifti(tmp_path / "fused.nii.gz", images, ct)
     source, written = nib.load(ct.source), nib.load(path)
-    assert written.shape == source.shape[:3] + (() if gray else (3,))
-    assert written.get_data_dtype() == np.uint8
+    assert written.shape == source.shape[:3]
+    assert written.get_data_dtype().newbyteorder("=") == (np.float32 if gray else writers.RGB24)
+    assert int(written.header["datatype"]) == (16 if gray else 128)  # FLOAT32 / RGB24
     np.testing.assert_allclose(written.affine, source.affine)
     np.testing.assert_allclose(written.header.get_zooms()[:3], source.header.get_zooms()[:3])
-    assert int(written.header["sform_code"]) == int(source.header["sform_code"])
+    assert int(written.header["sform_code"]) == int(source.header["sform_code"]) > 0
     assert type(written) is type(source)
-    back = read_scan(path).pixels if gray else None
+    itk, itk_source = sitk.ReadImage(str(path)), sitk.ReadImage(str(ct.source))
+    assert itk.GetNumberOfComponentsPerPixel() == (1 if gray else 3)
+    assert_same_geometry(itk, itk_source, atol=1e-4)
     if gray:
-        np.testing.assert_array_equal(back, images.astype(np.float32))
+        np.testing.assert_allclose(read_scan(path).pixels, images.astype(np.float32) / 255, atol=1e-7)
+    else:
+        back = sitk.GetArrayFromImage(itk)  # [z, y, x, 3] of the file's voxel order
+        np.testing.assert_array_equal(back[..., 0].T.ravel(), np.asarray(written.dataobj)["R"].ravel())
 
 
 def test_nifti_from_a_dicom_series_lands_on_the_same_grid(tmp_path: Path, phantoms: Path) -> None:
@@ -103,18 +112,22 @@ def test_nifti_from_a_dicom_series_lands_on_the_same_grid(tmp_path: Path, phanto
     path = writers.write_nifti(tmp_path / "fused.nii.gz", images, ct)
     reference = nib.load(phantoms / "nifti" / "case01" / "ct.nii.gz")  # the same grid, written as NIfTI
     written = nib.load(path)
-    assert written.shape == reference.shape + (3,)
+    assert written.shape == reference.shape and written.get_data_dtype() == writers.RGB24
+    assert int(written.header["sform_code"]) == int(written.header["qform_code"]) == 1
     np.testing.assert_allclose(written.affine, reference.affine, atol=1e-4)
-    # voxel (column, row, slice, channel), as the phantom NIfTI stores the same grid
-    np.testing.assert_array_equal(np.asarray(written.dataobj)[:, :, 2], images[2].swapaxes(0, 1))
+    # voxel (column, row, slice), as the phantom NIfTI stores the same grid
+    red = np.asarray(written.dataobj)["R"]
+    np.testing.assert_array_equal(red[:, :, 2], images[2, ..., 0].swapaxes(0, 1))
+    series = read_series(phantoms / "dicom" / "case01" / "CT")
+    assert_same_geometry(sitk.ReadImage(str(path)), series, atol=1e-3)
 
 
 def test_nifti_of_a_2d_image_uses_its_spacing(tmp_path: Path, harvard_test: Path) -> None:
     ct = read_scan(harvard_test / "CT" / "11.png", modality="CT")
     images = _fused(ct.slices().shape)[..., 0]
     written = nib.load(writers.write_nifti(tmp_path / "x.nii.gz", images, ct))
-    assert written.shape == (256, 256, 1)
-    np.testing.assert_array_equal(np.asarray(written.dataobj)[:, :, 0], images[0].T)
+    assert written.shape == (256, 256, 1) and written.get_data_dtype() == np.float32
+    np.testing.assert_allclose(np.asarray(written.dataobj)[:, :, 0], images[0].T / 255.0, atol=1e-7)
 
 
 def _read_series(folder: Path) -> list[pydicom.Dataset]:
@@ -138,7 +151,7 @@ def test_dicom_series_is_a_secondary_capture_of_the_ct(tmp_path: Path, phantoms:
         assert ds.SOPClassUID == SecondaryCaptureImageStorage
         assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
         assert list(ds.ImageType) == ["DERIVED", "SECONDARY"]
-        assert ds.DerivationDescription == "test fusion"
+        assert ds.DerivationDescription == "test fusion - NOT FOR DIAGNOSTIC USE"
         for keyword in ("PatientID", "PatientName", "StudyInstanceUID", "FrameOfReferenceUID", "StudyDate"):
             assert ds[keyword].value == source[keyword].value
         position, source_position = ([float(v) for v in d.ImagePositionPatient] for d in (ds, source))
@@ -147,9 +160,14 @@ def test_dicom_series_is_a_secondary_capture_of_the_ct(tmp_path: Path, phantoms:
         assert ds.PhotometricInterpretation == ("MONOCHROME2" if gray else "RGB")
         assert ds.InstanceNumber == index + 1
         np.testing.assert_array_equal(ds.pixel_array, images[index])
+        assert "NOT FOR DIAGNOSTIC USE" in ds.ImageComments and ds.BurnedInAnnotation == "NO"
+        assert list(ds.PatientOrientation) == ["L", "P"] and ds.Laterality == ""
+        assert ds.ReferencedSeriesSequence[0].SeriesInstanceUID == source.SeriesInstanceUID
     back = read_scan(folder)  # the fused series stacks like the CT
     assert back.pixels.shape == ct.pixels.shape
     np.testing.assert_allclose(back.affine, ct.affine, atol=1e-4)
+    assert_same_geometry(read_series(folder), read_series(phantoms / "dicom" / "case01" / "CT"))
+    assert_dciodvfy_clean(folder.glob("*.dcm"))
     _no_partials(tmp_path)
 
 
@@ -163,6 +181,7 @@ def test_single_dicom_file_copies_the_ct_file(tmp_path: Path) -> None:
     assert ds.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
     assert [float(v) for v in ds.ImagePositionPatient] == pytest.approx([float(v) for v in source.ImagePositionPatient])
     np.testing.assert_array_equal(ds.pixel_array, images[0])
+    assert_dciodvfy_clean([path])
 
 
 def test_dicom_from_an_image_starts_a_new_study(tmp_path: Path, harvard_test: Path) -> None:
@@ -170,6 +189,7 @@ def test_dicom_from_an_image_starts_a_new_study(tmp_path: Path, harvard_test: Pa
     path = writers.write_dicom_series(tmp_path / "11.dcm", _fused((1, 256, 256)), ct, "d", single_file=True)
     ds = pydicom.dcmread(path)
     assert ds.StudyInstanceUID and ds.PatientName == "" and ds.Modality == "OT"
+    assert_dciodvfy_clean([path])
     with pytest.raises(Exception, match="3 slices but a single DICOM file"):
         writers.write_dicom_series(tmp_path / "y.dcm", _fused((3, 4, 4)), ct, "d", single_file=True)
 
