@@ -177,11 +177,11 @@ def test_volume_and_dicom_layouts(tmp_path):
         ct, mri = load_pair(pairs[name])
         assert ct.is_hu and ct.pixels.max() > 500
         np.testing.assert_allclose(ct.affine, mri.affine, atol=1e-4)
-    # CT_small (128x128) and MR_small (64x64) are different scans: refused, both named.
+    # CT_small (128x128) and MR_small (64x64) are different scans, far apart in patient space: refused, both named.
     checked = verify_pairs(report)
     assert "files/x" not in {pair.name for pair in checked.pairs}
     problem = next(problem for problem in checked.problems if problem.name == "files/x")
-    assert "shapes differ" in problem.reason and "CT/x.dcm" in problem.reason and "MRI/x.dcm" in problem.reason
+    assert "do not overlap" in problem.reason and "CT/x.dcm" in problem.reason and "MRI/x.dcm" in problem.reason
 
 
 def _parent(folder: Path) -> Path:
