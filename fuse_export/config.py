@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fuse_export.int8 import Int8Config
 
 MIN_OPSET = 17
 """Oldest ONNX opset fuse exports to (the issue asks for 17 or newer)."""
@@ -16,8 +20,8 @@ MODEL_ONNX = "model.onnx"
 MODEL_FP16_ONNX = "model.fp16.onnx"
 MODEL_PLAN = "model.plan"
 PARITY_JSON = "parity.json"
-#: Every file fuse-export writes into OUT (manifest.json is named by fuse_runtime.manifest).
-ARTIFACT_NAMES = (MODEL_ONNX, MODEL_FP16_ONNX, MODEL_PLAN, PARITY_JSON)
+TRITON_FOLDER = "triton"
+"""Where the Triton model repository goes inside OUT when no ``triton_dir`` is given."""
 
 
 @dataclass(frozen=True)
@@ -48,9 +52,16 @@ class ExportConfig:
         checkpoint was trained for (its ``TrainConfig.preprocess.image_size``, design: 256).
     opset: ONNX opset, MIN_OPSET (17) to MAX_OPSET (20).
     batch: (min, opt, max) batch sizes: the dynamic batch axis' TensorRT optimisation profile.
-    fp16: also write ``model.fp16.onnx`` and build the FP16 TensorRT engine ``model.plan``.
-    onnx_only: write the ONNX files only, never an engine (with ``fp16``: both ONNX files); not
-        an error on a machine without a GPU.
+    formats: formats to build besides ``onnx`` (always first), names from
+        ``fuse_export.formats.FORMATS``: ``fp16``, ``int8``, ``plan``, ``triton``; each pulls in
+        the formats it is built from (``plan`` needs ``fp16``).
+    fp16: alias kept for ``fuse-export --fp16``: the fp16 and plan formats.
+    onnx_only: alias kept for ``--onnx-only``: never build the plan (with ``fp16``: fp16 only).
+    calibration_data: training pairs that calibrate the ``int8`` format (required by it).
+    int8: how ``int8`` calibrates and reports (None: ``Int8Config()``'s defaults).
+    triton_dir: the Triton model repository folder (implies the ``triton`` format); None with
+        ``triton`` in ``formats``: ``OUT/triton``.
+    triton_name: the model's name (its folder) in the Triton repository.
     simplify: run onnxslim and keep its graph only when its outputs are identical.
     workspace_gb: TensorRT builder memory-pool (workspace) limit in GiB.
     timing_cache: TensorRT timing-cache file, read before and written after every build so later
@@ -69,8 +80,13 @@ class ExportConfig:
     image_size: int | None = None
     opset: int = MIN_OPSET
     batch: tuple[int, int, int] = (1, 8, 32)
+    formats: tuple[str, ...] = ()
     fp16: bool = False
     onnx_only: bool = False
+    calibration_data: Path | None = None
+    int8: Int8Config | None = None
+    triton_dir: Path | None = None
+    triton_name: str = "fuse_ct_mri"
     simplify: bool = True
     workspace_gb: float = 4.0
     timing_cache: Path | None = None
@@ -95,11 +111,17 @@ class ExportConfig:
             raise ValueError(f"workspace_gb must be > 0 GiB, got {self.workspace_gb}")
         if self.parity_pairs < 1:
             raise ValueError(f"parity_pairs must be >= 1, got {self.parity_pairs}")
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.triton_name) or self.triton_name in (".", ".."):
+            raise ValueError(f"triton_name must be letters, digits, '_', '-' or '.', got {self.triton_name!r}")
 
     @property
     def builds_engine(self) -> bool:
-        """True when this export is asked for a TensorRT engine (``--fp16`` without ``--onnx-only``)."""
-        return self.fp16 and not self.onnx_only
+        """True when this export is asked for a TensorRT engine (``plan``, or ``--fp16`` without ``--onnx-only``)."""
+        return not self.onnx_only and (self.fp16 or "plan" in self.formats)
+
+    def resolved_triton_dir(self, out_dir: Path) -> Path:
+        """The Triton model repository folder (see ``triton_dir``)."""
+        return Path(self.triton_dir) if self.triton_dir is not None else Path(out_dir) / TRITON_FOLDER
 
     def resolved_timing_cache(self) -> Path:
         """The timing-cache file to use (see ``timing_cache``)."""
@@ -111,8 +133,9 @@ class ExportConfig:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["batch"] = list(self.batch)
+        data["formats"] = list(self.formats)
         data["fp16_keep_fp32_ops"] = list(self.fp16_keep_fp32_ops)
-        for key in ("timing_cache", "parity_data"):
+        for key in ("timing_cache", "parity_data", "calibration_data", "triton_dir"):
             data[key] = str(data[key]) if data[key] is not None else None
         return data
 

@@ -61,27 +61,24 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    quantize_static,
+)
 
 from fuse_export import onnx_export
 from fuse_export.config import MODEL_ONNX
-from fuse_export.parity import Samples, default_parity_dir, load_samples, run_batched, sample_metrics
+from fuse_export.parity import Samples, run_batched, sample_metrics
+from fuse_export.samples import default_parity_dir, load_samples
 from fuse_runtime import metrics
 from fuse_runtime.atomic import atomic_path, write_json_atomic
 from fuse_runtime.engines.base import preprocess_from_metadata
 from fuse_runtime.errors import FuseError
-from fuse_runtime.manifest import (
-    INPUT_FIRST,
-    INPUT_SECOND,
-    MANIFEST_NAME,
-    META_PRECISION,
-    OUTPUT,
-    read_manifest,
-    write_manifest,
-)
-from fuse_runtime.pairing import find_pairs, load_pair
-from fuse_runtime.preprocess import PreprocessConfig, prepare_pair
-from fuse_train.checkpoint import file_sha256
+from fuse_runtime.manifest import INPUT_FIRST, INPUT_SECOND, META_PRECISION
+from fuse_runtime.preprocess import PreprocessConfig
 
 MODEL_INT8_ONNX = "model.int8.onnx"
 INT8_PARITY_JSON = "parity.int8.json"
@@ -195,8 +192,9 @@ def export_int8(
     parity_dir: str | Path | None = None,
     log: Log = print,
 ) -> Int8Result:
-    """Quantise ``OUT/model.onnx`` into ``OUT/model.int8.onnx``, write ``OUT/parity.int8.json`` and
-    add both to ``OUT/manifest.json`` when it exists.
+    """Quantise ``OUT/model.onnx`` into ``OUT/model.int8.onnx`` and write ``OUT/parity.int8.json``
+    (fuse-export's ``int8`` format calls this inside its staging folder; the manifest entry comes
+    from ``manifest_entry`` and ``parity_summary``).
 
     parity_dir: registered pairs for the parity report; None: the Harvard test pairs (else phantoms).
     Raises FuseError when model.onnx is missing or carries no preprocessing metadata, or when the
@@ -228,7 +226,6 @@ def export_int8(
         int8_path, seconds, config, str(calibration_dir), names, kept, parity, table,
         details={"bytes": int8_path.stat().st_size},
     )
-    record_in_manifest(out_dir, result)
     return result
 
 
@@ -265,34 +262,12 @@ def model_preprocess(path: Path) -> PreprocessConfig:
 def load_calibration(
     directory: Path, preprocess: PreprocessConfig, count: int
 ) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Up to ``count`` pairs of ``directory`` (evenly spread by name), preprocessed as serving does.
-
-    Returns the pair names, ``ct`` float32 [N,3,S,S] and ``mri`` [N,1,S,S] in [0,1] (a volume
-    contributes its middle slice). Pairs that cannot be read are skipped; FuseError when none can.
-    """
-    try:
-        report = find_pairs(directory, task="ct-mri")
-    except FuseError as error:
-        reason = f"no usable CT/MRI pair to calibrate INT8 with ({error.reason}){_CALIBRATION_HINT}"
-        raise FuseError(reason, directory) from None
-    problems = [str(p) for p in report.problems]
-    order = np.unique(np.linspace(0, len(report.pairs) - 1, min(count, len(report.pairs))).round().astype(int))
-    names, cts, mris = [], [], []
-    for index in order:
-        pair = report.pairs[int(index)]
-        try:
-            prepared = prepare_pair(*load_pair(pair), pair.roles, preprocess)
-        except FuseError as error:
-            problems.append(str(error))
-            continue
-        middle = len(prepared.first) // 2
-        names.append(pair.name)
-        cts.append(prepared.first[middle])
-        mris.append(prepared.second[middle])
-    if not names:
-        found = "; ".join(problems[:3]) or "no CT/ + MRI/ folders, DICOM series or NIfTI cases found"
-        raise FuseError(f"no usable CT/MRI pair to calibrate INT8 with ({found}){_CALIBRATION_HINT}", directory)
-    return names, np.stack(cts), np.stack(mris)
+    """Up to ``count`` pairs of ``directory`` (evenly spread by name), preprocessed as serving does
+    (``fuse_export.samples.load_samples``: a volume contributes its middle slice, unreadable pairs
+    are skipped). Returns the names, ``ct`` float32 [N,3,S,S] and ``mri`` [N,1,S,S] in [0,1];
+    FuseError when no pair can be used."""
+    samples = load_samples(directory, preprocess, count, purpose="to calibrate INT8 with", hint=_CALIBRATION_HINT)
+    return samples.names, samples.ct, samples.mri
 
 
 def float_nodes(model: onnx.ModelProto, keep_stems: bool = True) -> dict[str, list[str]]:
@@ -359,8 +334,8 @@ def quantize(
 
 def compare_int8(fp32_path: Path, int8_path: Path, samples: Samples, config: Int8Config) -> Int8Parity:
     """Run both models on ``samples`` and measure how far INT8 is from FP32 (see Int8Parity)."""
-    reference = run_batched(_runner(fp32_path), samples, config.batch)
-    output = run_batched(_runner(int8_path), samples, config.batch)
+    reference = run_batched(onnx_export.cpu_runner(fp32_path), samples, config.batch)
+    output = run_batched(onnx_export.cpu_runner(int8_path), samples, config.batch)
     diff = np.abs(output.astype(np.float64) - reference.astype(np.float64))
     n, channel, row, col = (int(v) for v in np.unravel_index(int(np.argmax(diff)), diff.shape))
     per_pair = diff.reshape(len(diff), -1)
@@ -415,17 +390,10 @@ def format_int8_table(parity: Int8Parity) -> str:
     return "\n".join(lines)
 
 
-def record_in_manifest(out_dir: Path, result: Int8Result) -> None:
-    """Add ``model.int8.onnx`` (size, sha256, calibration, float nodes) and its parity summary to
-    ``OUT/manifest.json`` when fuse-export wrote one."""
-    path = out_dir / MANIFEST_NAME
-    if not path.is_file():
-        return
-    manifest = read_manifest(path)
-    manifest.artifacts[MODEL_INT8_ONNX] = {
-        "bytes": result.path.stat().st_size,
-        "sha256": file_sha256(result.path),
-        "seconds": round(result.seconds, 2),
+def manifest_entry(result: Int8Result) -> dict[str, Any]:
+    """What the manifest says about ``model.int8.onnx`` besides its size, hash and time: precision,
+    format, calibration and the float nodes (fuse-export writes the manifest once, from this)."""
+    return {
         "precision": INT8,
         "format": "QDQ, uint8 activations (asymmetric), int8 per-channel symmetric weights",
         "calibration": {
@@ -436,8 +404,12 @@ def record_in_manifest(out_dir: Path, result: Int8Result) -> None:
         },
         "float_nodes": {reason: len(names) for reason, names in result.float_nodes.items()},
     }
+
+
+def parity_summary(result: Int8Result) -> dict[str, Any]:
+    """The manifest's ``parity.int8`` block: the INT8 model against model.onnx, in short."""
     parity = result.parity
-    manifest.parity[INT8] = {
+    return {
         "reference": MODEL_ONNX,
         "pairs": len(parity.pairs),
         "source": parity.source,
@@ -448,19 +420,6 @@ def record_in_manifest(out_dir: Path, result: Int8Result) -> None:
         "metric_goal": parity.metric_goal,
         "report": INT8_PARITY_JSON,
     }
-    write_manifest(path, manifest)
-
-
-def remove_stale_int8(out_dir: str | Path) -> list[str]:
-    """Delete ``model.int8.onnx`` and ``parity.int8.json`` left by an earlier export (they were
-    quantised from a model.onnx that has just been replaced). Returns the names removed."""
-    removed = []
-    for name in (MODEL_INT8_ONNX, INT8_PARITY_JSON):
-        path = Path(out_dir) / name
-        if path.exists():
-            path.unlink()
-            removed.append(name)
-    return removed
 
 
 class _PairReader(CalibrationDataReader):
@@ -475,11 +434,6 @@ class _PairReader(CalibrationDataReader):
         if index is None:
             return None
         return {INPUT_FIRST: self._ct[index : index + 1], INPUT_SECOND: self._mri[index : index + 1]}
-
-
-def _runner(path: Path) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
-    session = onnx_export.cpu_session(path)
-    return lambda ct, mri: np.asarray(session.run([OUTPUT], {INPUT_FIRST: ct, INPUT_SECOND: mri})[0], np.float32)
 
 
 @contextlib.contextmanager

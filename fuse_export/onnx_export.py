@@ -20,6 +20,7 @@ float32 [N,3,S,S] in [0,1]; N is symbolic (``batch``), S is fixed at export time
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -154,9 +155,19 @@ def run_onnx(model: bytes | str | Path, ct: np.ndarray, mri: np.ndarray, threads
 
     ``ct`` float32 [N,3,S,S], ``mri`` float32 [N,1,S,S] → ``fused`` float32 [N,3,S,S].
     """
+    return cpu_runner(model, threads)(ct, mri)
+
+
+def cpu_runner(model: bytes | str | Path, threads: int | None = None) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """One CPU session for ``model``, as a function ``(ct [N,3,S,S], mri [N,1,S,S]) → fused [N,3,S,S]``
+    (float32): the ONNX Runtime runner every parity check of fuse_export uses."""
     session = cpu_session(model, threads)
-    (fused,) = session.run([OUTPUT], {INPUT_FIRST: ct, INPUT_SECOND: mri})
-    return np.asarray(fused, dtype=np.float32)
+
+    def run(ct: np.ndarray, mri: np.ndarray) -> np.ndarray:
+        (fused,) = session.run([OUTPUT], {INPUT_FIRST: ct, INPUT_SECOND: mri})
+        return np.asarray(fused, dtype=np.float32)
+
+    return run
 
 
 def cpu_session(model: bytes | str | Path, threads: int | None = None) -> ort.InferenceSession:

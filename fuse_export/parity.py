@@ -1,8 +1,7 @@
 """Parity: how far each exported artifact's output is from PyTorch FP32 on real, preprocessed pairs.
 
-Samples come from ``fuse_runtime`` exactly as serving makes them (``pairing.find_pairs`` →
-``load_pair`` → ``preprocess.prepare_pair`` with the model's own PreprocessConfig), one 2-D sample
-per pair (the middle slice of a volume). Every figure is computed per sample and the worst sample is
+Samples come from ``fuse_export.samples`` (read and preprocessed exactly as serving does, one 2-D
+sample per pair: the middle slice of a volume). Every figure is computed per sample and the worst sample is
 reported, so a tolerance holds for each pair, not just on average:
 
 * ``max_abs``: largest |candidate − reference| over all pixels and channels, with where it is
@@ -17,21 +16,33 @@ reported, so a tolerance holds for each pair, not just on average:
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from fuse_export.config import Tolerances
+from fuse_export.samples import Samples, default_parity_dir, load_samples
 from fuse_runtime import metrics
 from fuse_runtime.errors import FuseError
-from fuse_runtime.pairing import find_pairs, load_pair
-from fuse_runtime.phantoms import write_phantoms
-from fuse_runtime.preprocess import PreprocessConfig, prepare_pair
+
+__all__ = [
+    "FP16",
+    "FP32",
+    "Comparison",
+    "Runner",
+    "Samples",
+    "compare",
+    "default_parity_dir",
+    "format_table",
+    "limits_for",
+    "load_samples",
+    "metric_differences",
+    "psnr_db",
+    "run_batched",
+    "sample_metrics",
+]
 
 Runner = Callable[[np.ndarray, np.ndarray], np.ndarray]
 """Runs a batch: ``ct`` float32 [N,3,S,S], ``mri`` [N,1,S,S] → ``fused`` float32 [N,3,S,S]."""
@@ -39,16 +50,6 @@ Runner = Callable[[np.ndarray, np.ndarray], np.ndarray]
 #: Candidate names → which tolerance family applies.
 FP32 = "fp32"
 FP16 = "fp16"
-
-
-@dataclass
-class Samples:
-    """Preprocessed parity inputs: ``ct`` [N,3,S,S], ``mri`` [N,1,S,S] float32 in [0,1], one name each."""
-
-    names: list[str]
-    ct: np.ndarray
-    mri: np.ndarray
-    source: str
 
 
 @dataclass
@@ -86,30 +87,6 @@ class Comparison:
             "passed": self.passed,
             "failures": self.failures,
         }
-
-
-def default_parity_dir() -> Path | None:
-    """``../shared/data/harvard/ct-mri-test`` beside the repository (or under $FUSE_SHARED_DATA), if present."""
-    shared = os.environ.get("FUSE_SHARED_DATA")
-    base = Path(shared) if shared else Path(__file__).resolve().parents[2] / "shared" / "data"
-    candidate = base / "harvard" / "ct-mri-test"
-    return candidate if candidate.is_dir() else None
-
-
-def load_samples(directory: Path | None, config: PreprocessConfig, count: int) -> Samples:
-    """Preprocess ``count`` pairs from ``directory`` (evenly spread over the pairs sorted by name).
-
-    ``directory`` None: the Harvard test pairs when present (``default_parity_dir``), else synthetic
-    phantoms written to a temporary folder. Raises FuseError when the folder holds no usable pair.
-    """
-    if directory is None:
-        directory = default_parity_dir()
-    if directory is None:
-        with tempfile.TemporaryDirectory(prefix="fuse-parity-") as tmp:
-            samples = _load(write_phantoms(Path(tmp)), config, count)
-        samples.source = "synthetic phantoms (fuse_runtime.phantoms; no ../shared/data here)"
-        return samples
-    return _load(Path(directory), config, count)
 
 
 def run_batched(runner: Runner, samples: Samples, batch: int) -> np.ndarray:
@@ -250,20 +227,3 @@ def _failures(c: Comparison) -> list[str]:
 
 
 _LIMIT_LABELS = {"max_abs": "max≤", "mean_abs": "mean≤", "psnr_db": "PSNR≥"}
-
-
-def _load(directory: Path, config: PreprocessConfig, count: int) -> Samples:
-    report = find_pairs(directory, task="ct-mri")
-    if not report.pairs:
-        problems = "; ".join(str(p) for p in report.problems[:3])
-        raise FuseError(f"no usable CT/MRI pair for the parity check ({problems})", directory)
-    picks = np.unique(np.linspace(0, len(report.pairs) - 1, min(count, len(report.pairs))).round().astype(int))
-    names, cts, mris = [], [], []
-    for index in picks:
-        pair = report.pairs[int(index)]
-        prepared = prepare_pair(*load_pair(pair), pair.roles, config)
-        middle = len(prepared.first) // 2
-        names.append(pair.name if len(prepared.first) == 1 else f"{pair.name}[{middle}]")
-        cts.append(prepared.first[middle])
-        mris.append(prepared.second[middle])
-    return Samples(names, np.stack(cts), np.stack(mris), source=f"{directory}")
