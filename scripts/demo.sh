@@ -12,7 +12,7 @@ echo "== writing sample phantoms to $OUT/samples"
 echo "== training a small model on them (2 epochs, 128 px crops)"
 .venv/bin/fuse-train --task ct-mri --data "$OUT/samples" --out "$OUT/run" --epochs 2 --crop-size 128
 echo "== exporting to ONNX"
-.venv/bin/fuse-export --checkpoint "$OUT/run/best.pt" --out "$OUT/export" --onnx-only --parity-data "$OUT/samples"
+.venv/bin/fuse-export --checkpoint "$OUT/run/best.pt" --out "$OUT/export" --format onnx --parity-data "$OUT/samples"
 echo "== fusing every sample pair (PNG, DICOM series, NIfTI)"
 .venv/bin/fuse-run --engine "$OUT/export/model.onnx" --in "$OUT/samples" --out "$OUT/fused" --preview
 echo "== done: fused images in $OUT/fused (report: $OUT/fused/report.json)"

@@ -31,7 +31,7 @@ echo "== 2/4 CT-MRI fine-tuning -> $OUT/ctmri"
 "$BIN/fuse-train" --config configs/release/ctmri.json --data "$DATA/harvard/ct-mri-train" \
   --init "$OUT/visir/best.pt" --out "$OUT/ctmri" --no-progress
 echo "== 3/4 ONNX export and parity -> $OUT/export"
-"$BIN/fuse-export" --checkpoint "$OUT/ctmri/best.pt" --out "$OUT/export" --onnx-only \
+"$BIN/fuse-export" --checkpoint "$OUT/ctmri/best.pt" --out "$OUT/export" --format onnx \
   --parity-data "$DATA/harvard/ct-mri-test"
 echo "== 4/4 quality on the test folder (never used for training or selection)"
 "$PY" -m benchmarks.quality --data "$DATA/harvard/ct-mri-test" --checkpoint "$OUT/ctmri/best.pt" --out "$OUT/quality"

@@ -22,7 +22,6 @@ from fuse_export.int8 import (
     export_int8,
     float_nodes,
     load_calibration,
-    remove_stale_int8,
 )
 from fuse_export.onnx_export import cpu_session
 from fuse_export.parity import Samples
@@ -234,14 +233,6 @@ def test_cli_int8_refusals_exit_2_before_touching_out(
     result = cli(args)
     assert result.exit_code == 2 and message in result.stderr, result.output
     assert not out.exists()
-
-
-def test_remove_stale_int8(tmp_path: Path) -> None:
-    (tmp_path / MODEL_INT8_ONNX).write_bytes(b"old")
-    (tmp_path / INT8_PARITY_JSON).write_text("{}")
-    (tmp_path / MODEL_ONNX).write_bytes(b"new")
-    assert remove_stale_int8(tmp_path) == [MODEL_INT8_ONNX, INT8_PARITY_JSON]
-    assert sorted(p.name for p in tmp_path.iterdir()) == [MODEL_ONNX]
 
 
 @pytest.mark.parametrize(
