@@ -29,7 +29,6 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-from tqdm import tqdm
 
 from fuse_export.config import MODEL_PLAN, PARITY_JSON, ExportConfig
 from fuse_export.formats import (
@@ -146,7 +145,7 @@ def _export(
     ctx = ExportContext(model, preprocess, info["sha256"], config, staging.stage, samples, log)
     ctx.triton_stage = triton_stage
     comparisons: list[Comparison] = []
-    for fmt in tqdm(formats, desc="export", unit="format", leave=False):
+    for fmt in formats:
         if fmt.needs_gpu and (reason := gpu_missing()) is not None:
             ctx.skipped[fmt.name] = reason
             continue

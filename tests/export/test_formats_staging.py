@@ -12,7 +12,13 @@ from pathlib import Path
 import pytest
 
 from fuse_export import formats as formats_module
-from fuse_export.config import MODEL_FP16_ONNX, MODEL_ONNX, MODEL_PLAN, PARITY_JSON, ExportConfig
+from fuse_export.config import (
+    MODEL_FP16_ONNX,
+    MODEL_ONNX,
+    MODEL_PLAN,
+    PARITY_JSON,
+    ExportConfig,
+)
 from fuse_export.formats import ARTIFACT_NAMES, FORMAT_NAMES, FORMATS, resolve_formats
 from fuse_export.int8 import INT8_PARITY_JSON, MODEL_INT8_ONNX
 from fuse_export.staging import Staging
