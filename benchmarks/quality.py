@@ -238,21 +238,6 @@ def model_method(checkpoint: Path | None, engine: Path | None, data: str | Path,
     return checkpoint_method(checkpoint, task) if checkpoint is not None else engine_method(engine)
 
 
-def model_diagnostic_options(command: Callable) -> Callable:
-    """The ``--data``, ``--checkpoint``, ``--engine`` and ``--out`` options of the benchmarks that
-    study one model on a validation folder (departure, regions)."""
-    options = (
-        click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
-                     help="Folder of registered CT/MRI pairs (CT/ and MRI/), e.g. from scripts/validation_folder.py."),
-        click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="fuse-train checkpoint."),
-        click.option("--engine", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Exported model (ONNX)."),
-        click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Folder for the report."),
-    )
-    for option in reversed(options):
-        command = option(command)
-    return command
-
-
 def read_gray8(path: Path) -> np.ndarray:
     """Read an 8-bit image file as gray (OpenCV ``IMREAD_GRAYSCALE``), float64 ``[H,W]`` in [0,255].
 

@@ -1,11 +1,11 @@
 """Which region of the fused image wins or loses each metric: inside saturated CT bone, or outside it.
 
-    python -m benchmarks.regions --data VALDIR --checkpoint RUN/best.pt --out R
+    python -m experiments.regions --data VALDIR --checkpoint RUN/best.pt --out R
 
 writes ``R/regions.json`` (per rule: per pair and mean) and ``R/regions.md``. Each rule composes two
 images: one inside the bone mask (CT at or above :data:`SATURATED_CT`, grown by one pixel so the
 bone's own edge belongs to it) and one outside it. The parts are the model's fused image, pixel max,
-pixel max sharpened on strong edges (:mod:`benchmarks.sharpening`'s rule) and pixel max moved half
+pixel max sharpened on strong edges (:mod:`experiments.sharpening`'s rule) and pixel max moved half
 way to the model. Swapping one region at a time shows which metrics the model's output there buys and
 which it costs. Use it on validation patients (``scripts/validation_folder.py``), not on the test folder.
 """
@@ -21,9 +21,10 @@ import numpy as np
 from scipy import ndimage
 from tqdm import tqdm
 
-from benchmarks.quality import model_diagnostic_options, model_method, read_gray8
+from benchmarks.quality import model_method, read_gray8
 from benchmarks.report import markdown_table, write_report
-from benchmarks.sharpening import SharpenRule, sharpen_max
+from experiments.options import model_diagnostic_options
+from experiments.sharpening import SharpenRule, sharpen_max
 from fuse_runtime import metrics
 from fuse_runtime.errors import FuseError
 from fuse_runtime.pairing import find_pairs

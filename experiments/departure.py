@@ -1,7 +1,7 @@
 """Where a fused image departs from the pixel maximum of its sources, region by region.
 
-    python -m benchmarks.departure --data VALDIR --checkpoint RUN/best.pt --out R
-    python -m benchmarks.departure --data VALDIR --engine OUT/model.onnx --out R
+    python -m experiments.departure --data VALDIR --checkpoint RUN/best.pt --out R
+    python -m experiments.departure --data VALDIR --engine OUT/model.onnx --out R
 
 writes ``R/departure.json`` (per pair and mean) and ``R/departure.md``. Pixel max keeps MI and VIF
 highest of all methods on CT–MRI, so a model that scores lower there departs from it somewhere; this
@@ -30,8 +30,9 @@ import numpy as np
 from scipy import ndimage
 from tqdm import tqdm
 
-from benchmarks.quality import model_diagnostic_options, model_method, read_gray8
+from benchmarks.quality import model_method, read_gray8
 from benchmarks.report import markdown_table, write_report
+from experiments.options import model_diagnostic_options
 from fuse_runtime import metrics
 from fuse_runtime.errors import FuseError
 from fuse_runtime.pairing import find_pairs

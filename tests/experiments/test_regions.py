@@ -1,4 +1,4 @@
-"""benchmarks.regions: the model's output inside and outside saturated CT bone, on real CT/MRI pairs."""
+"""experiments.regions: the model's output inside and outside saturated CT bone, on real CT/MRI pairs."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from benchmarks import regions as module
 from benchmarks.quality import read_gray8
-from benchmarks.regions import RegionRule, bone_mask, compose
-from benchmarks.sharpening import sharpen_max
+from experiments import regions as module
+from experiments.regions import RegionRule, bone_mask, compose
+from experiments.sharpening import sharpen_max
 from fuse_runtime import metrics
 from fuse_runtime.errors import FuseError
+
 
 def test_bone_mask_is_saturated_ct_grown_by_one_pixel(sources):
     ct, _ = sources

@@ -1,4 +1,4 @@
-"""benchmarks.sharpening: pixel max sharpened everywhere or only on strong edges, on real CT/MRI pairs."""
+"""experiments.sharpening: pixel max sharpened everywhere or only on strong edges, on real CT/MRI pairs."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from benchmarks import sharpening as module
-from benchmarks.quality import read_gray8
-from benchmarks.sharpening import SharpenRule, run_sharpening, sharpen_max
+from experiments import sharpening as module
+from experiments.sharpening import SharpenRule, run_sharpening, sharpen_max
 from fuse_runtime import metrics
 from fuse_runtime.errors import FuseError
+
 
 def test_amount_zero_is_pixel_max(sources):
     ct, mri = sources

@@ -1,6 +1,6 @@
 """What sharpening pixel max costs on each metric: everywhere, or only on strong edges.
 
-    python -m benchmarks.sharpening --data VALDIR --out R
+    python -m experiments.sharpening --data VALDIR --out R
 
 writes ``R/sharpening.json`` (per rule: per pair and mean) and ``R/sharpening.md``. Each rule is
 pixel max of the two sources plus ``amount × (max − Gaussian blur of max)`` (unsharp masking,

@@ -1,4 +1,4 @@
-"""benchmarks.departure: where a fused image departs from pixel max, on real CT/MRI pairs."""
+"""experiments.departure: where a fused image departs from pixel max, on real CT/MRI pairs."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from benchmarks import departure as module
-from benchmarks.departure import departure
 from benchmarks.quality import read_gray8
+from experiments import departure as module
+from experiments.departure import departure
 from fuse_runtime.errors import FuseError
+
 
 def test_pixel_max_does_not_depart(sources):
     ct, mri = sources
