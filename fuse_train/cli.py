@@ -87,8 +87,6 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("--detail-gain", "loss", "detail_gain", "Detail loss target = this × the larger source gradient (1: the design's; above 1 sharpens).", float),
     Setting("--detail-gain-edge", "loss", "detail_gain_edge", "Apply --detail-gain only where the larger source gradient (Sobel, [0,1] units) exceeds this; 0: everywhere.", float),
     Setting("--detail-target", "loss", "detail_target", "Detail loss matches the larger source gradient's magnitude (the design's) or its Sobel x/y vector (orientation too).", click.Choice(list(get_args(DetailTarget)))),
-    Setting("--detail-saturation", "loss", "detail_saturation", "Where the CT is brighter than this (in [0,1]) the detail target is the CT's own gradient, so MRI edges are not drawn into saturated bone (1: off, the design's).", float),
-    Setting("--content-saturation", "loss", "content_saturation", "Leave pixels within one pixel of where the CT is brighter than this (in [0,1]) out of the content term, so it holds the output on the pixel maximum everywhere but saturated bone (1: every pixel, the design's).", float),
     Setting("--medical-threshold", "loss", "medical_threshold", "Intensity in [0,1] above which pixels form the medical loss masks.", float),
 )
 

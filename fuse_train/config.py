@@ -12,6 +12,10 @@ Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Head = Literal["design", "blend", "select"]
 DetailTarget = Literal["magnitude", "vector"]
 
+#: Loss options tried while tuning the release recipe and rejected (docs/release-recipe.md: S13 and
+#: P1–P4), with the value at which they did nothing; older runs' config.json still names them.
+REMOVED_OPTIONS: dict[str, float] = {"detail_saturation": 1.0, "content_saturation": 1.0}
+
 #: Modality names per task: the first takes the 3-channel input, the second the 1-channel input.
 TASK_MODALITIES: dict[str, tuple[str, str]] = {"ct-mri": ("ct", "mri"), "vis-ir": ("vis", "ir")}
 
@@ -49,26 +53,27 @@ class LossWeights:
     detail_target: DetailTarget = "magnitude"
     """What the detail loss matches: "magnitude" (the design's: Sobel strength only) or "vector" (the
     Sobel x/y vector of the stronger source, so edge orientation counts too)."""
-    detail_saturation: float = 1.0
-    """Where the first source (CT) is brighter than this (in [0,1]), the detail target is the first
-    source's own gradient, not the stronger one's: saturated bone has no gradient of its own and
-    cannot be drawn brighter, so edges copied there from the MRI can only darken it. 1 (the design's)
-    turns this off, as no pixel is brighter than 1."""
-    content_saturation: float = 1.0
-    """The content term (L1 to the brighter source) leaves out pixels within one pixel of where the
-    first source (CT) is brighter than this (in [0,1]): saturated bone, where the detail target draws
-    the MRI's edges. Elsewhere a heavy content term then holds the output on the pixel maximum, whose
-    exact values mutual information rewards. 1 (the design's) keeps every pixel."""
 
     def __post_init__(self) -> None:
         if self.detail_target not in get_args(DetailTarget):
             raise ValueError(f"detail_target must be one of {', '.join(get_args(DetailTarget))}, got {self.detail_target!r}")
-        for name in ("detail_saturation", "content_saturation"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         for f in fields(self):
             if f.name != "detail_target" and getattr(self, f.name) < 0:
                 raise ValueError(f"loss weight {f.name} must be >= 0, got {getattr(self, f.name)}")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "LossWeights":
+        """From a run's ``config.json`` ``loss`` section; the options since removed (see
+        :data:`REMOVED_OPTIONS`) are dropped where they hold their neutral value and refused otherwise,
+        so checkpoints written before their removal still load."""
+        values = dict(data)
+        for name, neutral in REMOVED_OPTIONS.items():
+            if name in values and values.pop(name) != neutral:
+                raise ValueError(
+                    f"loss.{name} was a rejected experiment and has been removed "
+                    "(docs/release-recipe.md); this run cannot be reproduced by this version"
+                )
+        return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -153,5 +158,5 @@ class TrainConfig:
         if "preprocess" in values and isinstance(values["preprocess"], dict):
             values["preprocess"] = PreprocessConfig.from_dict(values["preprocess"])
         if "loss" in values and isinstance(values["loss"], dict):
-            values["loss"] = LossWeights(**values["loss"])
+            values["loss"] = LossWeights.from_dict(values["loss"])
         return cls(**values)

@@ -1,7 +1,8 @@
 """Per-epoch training history: ``history.json``, ``history.csv`` and a ``history.png`` plot.
 
 One record per epoch (plain Python numbers): ``epoch`` (1-based), ``train_<component>`` and
-``val_<component>`` for each loss component (unweighted values, as the loss returns them),
+``val_<component>`` for each loss component the loss computes (unweighted values, as it returns
+them; a metric term of weight 0 is not computed, so it has no column),
 ``train_loss`` and ``val_loss`` (weighted totals), ``lr_<group>`` for each parameter group,
 ``encoders_frozen``, ``seconds`` (wall time of the epoch including validation) and ``images_per_s``
 (training images per second, all processes together).
@@ -10,13 +11,11 @@ One record per epoch (plain Python numbers): ``epoch`` (1-based), ``train_<compo
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from fuse_runtime.atomic import atomic_path, write_json_atomic
-from fuse_runtime.errors import FuseError
 
 JSON_NAME = "history.json"
 CSV_NAME = "history.csv"
@@ -35,15 +34,6 @@ def save_history(records: list[dict[str, Any]], run_dir: str | Path) -> None:
             writer.writerows(records)
     if records:
         plot_history(records, run_dir / PLOT_NAME)
-
-
-def load_history(run_dir: str | Path) -> list[dict[str, Any]]:
-    """Read ``history.json`` from a run directory."""
-    path = Path(run_dir) / JSON_NAME
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise FuseError(f"cannot read the training history ({error})", path) from error
 
 
 def component_names(records: Iterable[dict[str, Any]]) -> list[str]:

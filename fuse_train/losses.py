@@ -30,7 +30,9 @@ from fuse_train.config import DetailTarget, LossWeights
 COMPONENTS: tuple[str, ...] = (
     "content", "structure", "detail", "consistency", "gradient", "medical", "qabf", "vif", "mi", "ssim"
 )
-#: The metric terms among them, computed by :func:`metric_terms`.
+#: The design's six, computed at every step whatever their weights (they are cheap).
+DESIGN_TERMS: tuple[str, ...] = COMPONENTS[:6]
+#: The metric terms among them, computed by :func:`metric_terms` only where their weight is above 0.
 METRIC_TERMS: tuple[str, ...] = COMPONENTS[6:]
 #: Floor of the metric terms' pooled denominators.
 _METRIC_FLOOR = 1e-8
@@ -51,13 +53,17 @@ class FusionLoss(nn.Module):
     ``forward(fused [N,3,H,W], first [N,3,H,W], second [N,1,H,W]) -> (total, components)``; all
     images in [0,1]; ``first`` is the CT (visible) image, ``second`` the MRI (infrared) image.
     ``total`` is a float32 scalar carrying gradients to ``fused``; ``components`` maps each name in
-    :data:`COMPONENTS` to its detached, unweighted float32 scalar, so that
-    ``total == sum(weights.<name> * components[name])``.
+    :attr:`components` to its detached, unweighted float32 scalar, so that
+    ``total == sum(weights.<name> * components[name])``. A metric term whose weight is 0 is neither
+    computed nor reported (VIF and SSIM in float64 are most of the loss's time).
     """
 
     def __init__(self, weights: LossWeights | None = None) -> None:
         super().__init__()
         self.weights = weights if weights is not None else LossWeights()
+        self.components: tuple[str, ...] = DESIGN_TERMS + tuple(
+            name for name in METRIC_TERMS if getattr(self.weights, name) > 0
+        )
 
     def forward(
         self, fused: torch.Tensor, first: torch.Tensor, second: torch.Tensor
@@ -72,12 +78,10 @@ class FusionLoss(nn.Module):
                 detail_gain=self.weights.detail_gain,
                 detail_gain_edge=self.weights.detail_gain_edge,
                 detail_target=self.weights.detail_target,
-                detail_saturation=self.weights.detail_saturation,
-                content_saturation=self.weights.content_saturation,
-                differentiate=[name for name in METRIC_TERMS if getattr(self.weights, name) > 0],
+                metrics=self.components[len(DESIGN_TERMS):],
             )
-            total = sum(getattr(self.weights, name) * parts[name] for name in COMPONENTS)
-        return total, {name: parts[name].detach() for name in COMPONENTS}
+            total = sum(getattr(self.weights, name) * parts[name] for name in self.components)
+        return total, {name: parts[name].detach() for name in self.components}
 
 
 def medical_fusion_losses(
@@ -88,19 +92,16 @@ def medical_fusion_losses(
     detail_gain: float = 1.0,
     detail_gain_edge: float = 0.0,
     detail_target: DetailTarget = "magnitude",
-    detail_saturation: float = 1.0,
-    content_saturation: float = 1.0,
-    differentiate: Collection[str] = METRIC_TERMS,
+    metrics: Collection[str] = METRIC_TERMS,
 ) -> dict[str, torch.Tensor]:
-    """The unweighted components (not detached) for fused/first [N,3,H,W], second [N,1,H,W].
+    """The unweighted components (not detached) for fused/first [N,3,H,W], second [N,1,H,W]: the
+    design's six and the metric terms named in ``metrics``.
 
-    content     L1(gray(fused), max(gray(first), second)), leaving out (as zeros of the mean) pixels
-                within one pixel of gray(first) > content_saturation
+    content     L1(gray(fused), max(gray(first), second))
     structure   ½[(1 − SSIM(fused, first)) + (1 − SSIM(gray(fused), second))]
     detail      L1(∇fused, k·max(∇first, ∇second)), k = detail_gain (design: 1); with
                 detail_target "vector", L1 of the Sobel (x, y) vector of fused to k × the vector of
                 whichever source has the larger ∇ at that pixel (edge orientation too, not only strength);
-                where gray(first) > detail_saturation the target is first's own ∇ (or vector) instead;
                 k is 1 where the chosen source's ∇ is at most detail_gain_edge (0: k everywhere)
     consistency ½[MSE(fused, first) + MSE(fused, second×3)]
     gradient    ½[L1(∇fused, ∇first) + L1(∇fused, ∇second)]
@@ -112,8 +113,7 @@ def medical_fusion_losses(
     ssim        1 − ½[SSIM(fused, first) + SSIM(fused, second)], the evaluation's 7×7 SSIM with
                 data range 2 (not the structure term's 11×11 one), mean over the batch
                 (all four on gray × 255, as fuse_runtime.metrics scores them; 0 for a perfect fusion;
-                VIF and SSIM in float64, whose flat-region variances float32 rounding would swamp;
-                only the metric terms named in ``differentiate`` carry gradients)
+                VIF and SSIM in float64, whose flat-region variances float32 rounding would swamp)
 
     ∇ is :func:`sobel_magnitude` of the gray image.
     """
@@ -122,7 +122,7 @@ def medical_fusion_losses(
     second_gray = second
     sobel_fused, sobel_first, sobel_second = (sobel_xy(image) for image in (fused_gray, first_gray, second_gray))
     grad_fused, grad_first, grad_second = (_magnitude(xy) for xy in (sobel_fused, sobel_first, sobel_second))
-    take_first = (grad_first >= grad_second) | (first_gray > detail_saturation)
+    take_first = grad_first >= grad_second
     target_grad = torch.where(take_first, grad_first, grad_second)
     gain = torch.where(target_grad > detail_gain_edge, detail_gain, 1.0) if detail_gain_edge > 0 else detail_gain
     if detail_target == "vector":
@@ -134,7 +134,7 @@ def medical_fusion_losses(
     first_mask = (first_gray > threshold).to(fused.dtype)
     second_mask = (second_gray > threshold).to(fused.dtype)
     return {
-        "content": _content(fused_gray, first_gray, second_gray, content_saturation),
+        "content": F.l1_loss(fused_gray, torch.maximum(first_gray, second_gray)),
         "structure": 0.5 * (ssim_loss(fused, first) + ssim_loss(fused_gray, second_gray)),
         "detail": detail,
         "consistency": 0.5 * (F.mse_loss(fused, first) + F.mse_loss(fused, second_gray.expand_as(fused))),
@@ -144,7 +144,7 @@ def medical_fusion_losses(
             F.mse_loss(fused_gray * first_mask, first_gray * first_mask)
             + F.mse_loss(fused_gray * second_mask, second_gray * second_mask)
         ),
-        **metric_terms(fused_gray, first_gray, second_gray, differentiate),
+        **metric_terms(fused_gray, first_gray, second_gray, metrics),
     }
 
 
@@ -152,12 +152,10 @@ def metric_terms(
     fused_gray: torch.Tensor,
     first_gray: torch.Tensor,
     second_gray: torch.Tensor,
-    differentiate: Collection[str] = METRIC_TERMS,
+    names: Collection[str] = METRIC_TERMS,
 ) -> dict[str, torch.Tensor]:
-    """The qabf, vif, mi and ssim components of gray [N,1,H,W] images in [0,1] (see
-    :func:`medical_fusion_losses`); those not named in ``differentiate`` are computed without a graph,
-    so a term whose weight is 0 is still logged but costs no backward pass (VIF and SSIM in float64
-    are most of the loss's time)."""
+    """The metric terms among qabf, vif, mi and ssim that ``names`` asks for, of gray [N,1,H,W]
+    images in [0,1] (see :func:`medical_fusion_losses`); the others are not computed at all."""
     fused_8, first_8, second_8 = (255.0 * image for image in (fused_gray, first_gray, second_gray))
 
     def qabf() -> torch.Tensor:
@@ -179,19 +177,10 @@ def metric_terms(
         return (1.0 - 0.5 * (first + second)).mean().float()
 
     terms = {"qabf": qabf, "vif": vif, "mi": mi, "ssim": ssim}
-    values = {}
-    for name, term in terms.items():
-        with torch.set_grad_enabled(torch.is_grad_enabled() and name in differentiate):
-            values[name] = term()
-    return values
-
-
-def _content(fused_gray: torch.Tensor, first_gray: torch.Tensor, second_gray: torch.Tensor, saturation: float) -> torch.Tensor:
-    error = (fused_gray - torch.maximum(first_gray, second_gray)).abs()
-    if saturation < 1.0:
-        bone = F.max_pool2d((first_gray > saturation).to(error.dtype), kernel_size=3, stride=1, padding=1)
-        error = error * (1.0 - bone)
-    return error.mean()
+    unknown = set(names) - set(terms)
+    if unknown:
+        raise ValueError(f"unknown metric terms {sorted(unknown)}; choose from {', '.join(terms)}")
+    return {name: term() for name, term in terms.items() if name in names}
 
 
 def _pooled_ratio(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:

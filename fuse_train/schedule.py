@@ -20,10 +20,7 @@ import torch
 from torch import nn
 
 from fuse_train.config import TrainConfig
-from fuse_train.model import parameter_group, set_encoders_frozen
-
-#: Parameter groups in optimizer order; ``TrainConfig.lr_scale_<group>`` is each one's LR factor.
-GROUPS: tuple[str, ...] = ("encoder", "fusion", "decoder")
+from fuse_train.model import PARAMETER_GROUPS, parameter_group, set_encoders_frozen
 
 
 @dataclass
@@ -55,14 +52,14 @@ def group_lr_scales(config: TrainConfig) -> dict[str, float]:
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
-    """AdamW over all of ``model``'s parameters in the groups ``GROUPS`` (each group has a ``name``)."""
-    params: dict[str, list[nn.Parameter]] = {name: [] for name in GROUPS}
+    """AdamW over all of ``model``'s parameters in the groups ``PARAMETER_GROUPS`` (each group has a ``name``)."""
+    params: dict[str, list[nn.Parameter]] = {name: [] for name in PARAMETER_GROUPS}
     for name, param in model.named_parameters():
         params[parameter_group(name)].append(param)
     scales = group_lr_scales(config)
     groups = [
         {"name": name, "params": params[name], "lr": config.lr * scales[name]}
-        for name in GROUPS
+        for name in PARAMETER_GROUPS
         if params[name]
     ]
     return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
@@ -79,11 +76,6 @@ def set_schedule_epochs(scheduler: torch.optim.lr_scheduler.LambdaLR, epochs: in
     for factor in scheduler.lr_lambdas:
         if isinstance(factor, WarmupCosine):
             factor.epochs = epochs
-
-
-def expected_lr(config: TrainConfig, group: str, epoch: int) -> float:
-    """The design's learning rate of ``group`` during epoch ``epoch`` (0-based)."""
-    return config.lr * group_lr_scales(config)[group] * WarmupCosine(config.warmup_epochs, config.epochs)(epoch)
 
 
 def group_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:

@@ -203,7 +203,7 @@ def evaluate(
 ) -> dict[str, float]:
     """Sums over ``loader`` of the total loss and each component, times batch size, and ``count``."""
     model.eval()
-    sums = _zero_sums()
+    sums = _zero_sums(loss_fn.components)
     for first, second in loader:
         first, second = first.to(device, non_blocking=True), second.to(device, non_blocking=True)
         with autocast(device, precision):
@@ -362,7 +362,7 @@ def _train_epoch(
     epoch: int,
     options: RunOptions,
 ) -> tuple[dict[str, float], float]:
-    sums = _zero_sums()
+    sums = _zero_sums(loss_fn.components)
     started = time.perf_counter()
     bar = tqdm(
         loader,
@@ -380,15 +380,15 @@ def _train_epoch(
     return sums, time.perf_counter() - started
 
 
-def _zero_sums() -> dict[str, float]:
-    return {"loss": 0.0, "count": 0.0, **{name: 0.0 for name in COMPONENTS}}
+def _zero_sums(components: tuple[str, ...]) -> dict[str, float]:
+    return {"loss": 0.0, "count": 0.0, **{name: 0.0 for name in components}}
 
 
 def _accumulate(sums: dict[str, float], total: torch.Tensor, parts: dict[str, torch.Tensor], n: int) -> None:
     sums["loss"] += float(total) * n
     sums["count"] += n
-    for name in COMPONENTS:
-        sums[name] += float(parts[name]) * n
+    for name, value in parts.items():
+        sums[name] += float(value) * n
 
 
 def _record(
@@ -400,7 +400,8 @@ def _record(
         count = max(sums["count"], 1.0)
         record[f"{prefix}_loss"] = sums["loss"] / count
         for name in COMPONENTS:
-            record[f"{prefix}_{name}"] = sums[name] / count
+            if name in sums:
+                record[f"{prefix}_{name}"] = sums[name] / count
     for name, lr in lrs.items():
         record[f"lr_{name}"] = lr
     return record

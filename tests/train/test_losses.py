@@ -3,6 +3,7 @@ total, gradients, bf16 autocast, and the SSIM / Sobel operators checked against 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import torch
 from scipy import ndimage
 from skimage.metrics import structural_similarity
 
-from fuse_train.config import LossWeights
+from fuse_train.config import LossWeights, TrainConfig
 from fuse_train.losses import (
     COMPONENTS,
     FusionLoss,
@@ -26,6 +27,8 @@ from fuse_train.losses import (
 )
 
 SLICES = ("20005", "28015")
+#: The design's weights with every metric term on, so that every component is computed.
+EVERY_TERM = LossWeights(qabf=1.0, vif=1.0, mi=1.0, ssim=1.0)
 
 
 def _read_gray(path: Path) -> torch.Tensor:
@@ -53,7 +56,8 @@ def fused(pair: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
 def test_identical_inputs_give_zero_components(pair: tuple[torch.Tensor, torch.Tensor]) -> None:
     gray = pair[0][:, :1]
     rgb = gray.expand(-1, 3, -1, -1)
-    total, parts = FusionLoss(LossWeights())(rgb, rgb, gray)
+    total, _ = FusionLoss(LossWeights())(rgb, rgb, gray)
+    _, parts = FusionLoss(EVERY_TERM)(rgb, rgb, gray)
     assert set(parts) == set(COMPONENTS)
     for name in COMPONENTS:
         # Qabf scores bit-identical edge strengths by its g_X == g_F quirk, a hair above QABF_PERFECT.
@@ -66,7 +70,8 @@ def test_different_inputs_give_positive_components(
 ) -> None:
     ct, mri = pair
     assert (ct[:, 0] > 0.5).any() and (mri > 0.5).any(), "both medical masks must be non-empty"
-    _, parts = FusionLoss(LossWeights())(fused, ct, mri)
+    _, parts = FusionLoss(EVERY_TERM)(fused, ct, mri)
+    assert set(parts) == set(COMPONENTS)
     for name in COMPONENTS:
         assert parts[name].item() > 1e-4, name
         assert parts[name].dtype == torch.float32 and parts[name].dim() == 0
@@ -81,14 +86,17 @@ def test_different_inputs_give_positive_components(
         LossWeights(content=1.0, structure=0.0, detail=0.0, consistency=0.0, gradient=0.0, medical=0.0),
         LossWeights(0.0, 0.0, 0.0, 0.0, 0.0, 0.0),
         LossWeights(medical=4.0, medical_threshold=0.3),
+        LossWeights(vif=20.0, mi=3.0, ssim=8.0),
     ],
 )
 def test_total_is_weighted_sum(
     pair: tuple[torch.Tensor, torch.Tensor], fused: torch.Tensor, weights: LossWeights
 ) -> None:
     ct, mri = pair
-    total, parts = FusionLoss(weights)(fused, ct, mri)
-    expected = sum(getattr(weights, name) * parts[name] for name in COMPONENTS)
+    loss = FusionLoss(weights)
+    total, parts = loss(fused, ct, mri)
+    assert tuple(parts) == loss.components
+    expected = sum(getattr(weights, name) * parts[name] for name in parts)
     assert total.item() == pytest.approx(float(expected), rel=1e-6, abs=1e-7)
 
 
@@ -222,8 +230,8 @@ def test_detail_gain_scales_the_detail_target(pair: tuple[torch.Tensor, torch.Te
     loss becomes (k − 1)·mean(∇source), and no other component moves."""
     gray = pair[0][:, :1]
     rgb = gray.expand(-1, 3, -1, -1)
-    _, design = FusionLoss(LossWeights())(rgb, rgb, gray)
-    _, sharper = FusionLoss(LossWeights(detail_gain=1.5))(rgb, rgb, gray)
+    _, design = FusionLoss(EVERY_TERM)(rgb, rgb, gray)
+    _, sharper = FusionLoss(replace(EVERY_TERM, detail_gain=1.5))(rgb, rgb, gray)
     expected = 0.5 * sobel_magnitude(gray.double()).mean().item()
     assert design["detail"].item() == pytest.approx(0.0, abs=1e-5)
     assert sharper["detail"].item() == pytest.approx(expected, rel=1e-4)
@@ -265,48 +273,11 @@ def test_unknown_detail_target_is_refused() -> None:
         LossWeights(detail_target="angle")
 
 
-@pytest.mark.parametrize("detail_target", ["magnitude", "vector"])
-def test_detail_saturation_keeps_mri_edges_out_of_saturated_ct(
-    pair: tuple[torch.Tensor, torch.Tensor], detail_target: str
-) -> None:
-    """A CT saturated (1.0) everywhere has no gradient except at the zero-padded border. Fused = that CT:
-    the design's target is the MRI's edges wherever they are stronger, so the loss is positive; with
-    detail_saturation below 1 the target is the CT's own (flat) gradient and the loss is 0. 1 is off."""
-    mri = pair[1]
-    bone = torch.ones_like(mri).expand(-1, 3, -1, -1)
-    losses = partial(medical_fusion_losses, bone, bone, mri, detail_target=detail_target)
-    assert losses()["detail"].item() > 0.01
-    assert losses(detail_saturation=1.0)["detail"].item() == pytest.approx(losses()["detail"].item(), abs=1e-7)
-    assert losses(detail_saturation=0.95)["detail"].item() == pytest.approx(0.0, abs=1e-6)
-    for name in set(COMPONENTS) - {"detail"}:
-        assert losses(detail_saturation=0.95)[name].item() == pytest.approx(losses()[name].item(), abs=1e-7), name
-
-
-def test_detail_saturation_outside_unit_range_is_refused() -> None:
-    with pytest.raises(ValueError, match=r"detail_saturation must be in \[0, 1\], got 1.5"):
-        LossWeights(detail_saturation=1.5)
-
-
-def test_content_saturation_leaves_saturated_ct_and_its_rim_out(pair: tuple[torch.Tensor, torch.Tensor]) -> None:
-    """The real CT with its right half (columns ≥ 128) set to 1.0, fused = 0: the content error is
-    max(CT, MRI) per pixel. With content_saturation 0.95 the pixels within one pixel (3×3) of CT > 0.95
-    count as zero in the mean (scipy's binary dilation gives the mask); 1 keeps every pixel (the design's)."""
-    ct, mri = pair
-    ct = ct.clone()
-    ct[..., 128:] = 1.0
-    fused = torch.zeros_like(ct)
-    error = torch.maximum(to_gray(ct), mri)
-    saturated = (to_gray(ct) > 0.95)[:, 0].numpy()
-    per_image_3x3 = np.ones((1, 3, 3), bool)
-    kept = torch.from_numpy(~ndimage.binary_dilation(saturated, structure=per_image_3x3)).float()[:, None]
-    assert not kept[..., 127:].any() and kept[..., :127].mean() > 0.5
-    losses = partial(medical_fusion_losses, fused, ct, mri)
-    assert losses()["content"].item() == pytest.approx(error.mean().item(), rel=1e-6)
-    assert losses(content_saturation=1.0)["content"].item() == pytest.approx(error.mean().item(), rel=1e-6)
-    assert losses(content_saturation=0.95)["content"].item() == pytest.approx((error * kept).mean().item(), rel=1e-6)
-    assert (error * kept).mean().item() < 0.6 * error.mean().item()
-
-
-def test_content_saturation_outside_unit_range_is_refused() -> None:
-    with pytest.raises(ValueError, match=r"content_saturation must be in \[0, 1\], got -0.1"):
-        LossWeights(content_saturation=-0.1)
+def test_removed_options_load_from_old_runs_only_at_their_neutral_value() -> None:
+    """Runs written before detail/content saturation were removed name them at 1 (off): those still
+    load; a run that used them cannot be reproduced and is refused with the reason."""
+    old = {**TrainConfig().to_dict(), "loss": {**LossWeights().__dict__, "detail_saturation": 1.0, "content_saturation": 1.0}}
+    assert TrainConfig.from_dict(old).loss == LossWeights()
+    old["loss"]["content_saturation"] = 0.94
+    with pytest.raises(ValueError, match="content_saturation was a rejected experiment and has been removed"):
+        TrainConfig.from_dict(old)

@@ -103,7 +103,10 @@ def test_fusion_loss_carries_both_terms_off_by_default(sources) -> None:
     second = _tensor(mri / 255.0, torch.float32)
     fused = torch.maximum(first, second).clone().requires_grad_()
     assert COMPONENTS[-4:] == ("qabf", "vif", "mi", "ssim")
-    design_total, parts = FusionLoss(LossWeights())(fused, first, second)
+    design_total, design_parts = FusionLoss(LossWeights())(fused, first, second)
+    assert not set(design_parts) & {"qabf", "vif", "mi", "ssim"}
+    extra = {"qabf": 2.0, "vif": 3.0, "mi": 4.0, "ssim": 5.0}
+    weighted, parts = FusionLoss(LossWeights(**extra))(fused, first, second)
     expected_qabf = 1.0 - metrics.qabf(ct, mri, np.maximum(ct, mri)) / metric_losses.QABF_PERFECT
     assert parts["qabf"].item() == pytest.approx(expected_qabf, abs=1e-4)
     assert parts["vif"].item() == pytest.approx(1.0 - metrics.vif(ct, mri, np.maximum(ct, mri)) / 2.0, abs=1e-4)
@@ -111,12 +114,28 @@ def test_fusion_loss_carries_both_terms_off_by_default(sources) -> None:
     entropy = sum(metrics.mutual_information(x, x, x) / 2.0 for x in (ct, mri))
     assert parts["mi"].item() == pytest.approx(1.0 - mi / entropy, abs=1e-5)
     assert parts["ssim"].item() == pytest.approx(1.0 - metrics.ssim(ct, mri, np.maximum(ct, mri)) / 2.0, abs=1e-5)
-    extra = {"qabf": 2.0, "vif": 3.0, "mi": 4.0, "ssim": 5.0}
-    weighted, _ = FusionLoss(LossWeights(**extra))(fused, first, second)
     expected = design_total.item() + sum(weight * parts[name].item() for name, weight in extra.items())
     assert weighted.item() == pytest.approx(expected, rel=1e-5)
     weighted.backward()
     assert torch.isfinite(fused.grad).all() and fused.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", ["qabf", "vif", "mi", "ssim"])
+def test_a_metric_term_of_weight_zero_is_never_computed(monkeypatch, name: str) -> None:
+    """Every metric function raises: the design's weights (all four 0) never reach one, and giving a
+    term a weight reaches its function."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a metric term of weight 0 was computed")
+
+    for function in ("qabf_parts", "vif_parts", "mutual_information", "ssim"):
+        monkeypatch.setattr(metric_losses, function, refuse)
+    image = torch.rand(2, 1, 64, 64)
+    first, second = image.expand(-1, 3, -1, -1), image.flip(-1)
+    total, parts = FusionLoss(LossWeights())(first, first, second)
+    assert torch.isfinite(total) and set(parts) == set(COMPONENTS[:6])
+    with pytest.raises(AssertionError, match="weight 0 was computed"):
+        FusionLoss(LossWeights(**{name: 1.0}))(first, first, second)
 
 
 def test_a_batch_with_flat_crops_pools_instead_of_failing() -> None:

@@ -11,9 +11,8 @@ from fuse_runtime.preprocess import PreprocessConfig
 from fuse_train.config import TrainConfig
 from fuse_train.data import FusionDataset, load_training_data
 from fuse_train.losses import FusionLoss
-from fuse_train.model import FusionNet
+from fuse_train.model import PARAMETER_GROUPS, FusionNet
 from fuse_train.schedule import (
-    GROUPS,
     WarmupCosine,
     apply_freezing,
     build_optimizer,
@@ -52,7 +51,7 @@ def batch(harvard_train) -> tuple[torch.Tensor, torch.Tensor]:
 def test_every_parameter_is_in_the_group_its_name_says(model):
     optimizer = build_optimizer(model, TrainConfig())
     by_group = {group["name"]: {id(p) for p in group["params"]} for group in optimizer.param_groups}
-    expected = {name: set() for name in GROUPS}
+    expected = {name: set() for name in PARAMETER_GROUPS}
     for name, param in model.named_parameters():
         if name.startswith(("ct_encoder.", "mri_encoder.")):
             expected["encoder"].add(id(param))
@@ -85,7 +84,7 @@ def test_group_lr_at_epoch_follows_the_design_formula(model, config_name, epoch)
         scheduler.step()
     scales = {"encoder": config.lr_scale_encoder, "fusion": config.lr_scale_fusion, "decoder": config.lr_scale_decoder}
     lrs = group_lrs(optimizer)
-    for group in GROUPS:
+    for group in PARAMETER_GROUPS:
         expected = design_lr(config.lr, scales[group], epoch, config.warmup_epochs, config.epochs)
         assert lrs[group] == pytest.approx(expected, rel=1e-9, abs=1e-15), group
 

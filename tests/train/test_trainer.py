@@ -75,8 +75,9 @@ def test_the_run_directory_holds_checkpoints_history_and_config(reference):
     history = json.loads((run / "history.json").read_text())
     assert [r["epoch"] for r in history] == [1, 2, 3]
     expected = {"train_loss", "val_loss", "seconds", "images_per_s", "lr_encoder", "lr_fusion", "lr_decoder"}
-    expected |= {f"{side}_{name}" for side in ("train", "val") for name in COMPONENTS}
+    expected |= {f"{side}_{name}" for side in ("train", "val") for name in COMPONENTS[:6]}
     assert expected <= set(history[0])
+    assert not {f"train_{name}" for name in COMPONENTS[6:]} & set(history[0]), "a metric term of weight 0 was computed"
     csv_lines = (run / "history.csv").read_text().splitlines()
     assert len(csv_lines) == 4 and "val_medical" in csv_lines[0]
     assert (run / "history.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
