@@ -29,7 +29,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from fuse_runtime.errors import FuseError
+from fuse_runtime.errors import FuseError, first_line
 from fuse_runtime.manifest import INPUT_FIRST, INPUT_SECOND, OUTPUT
 
 BATCH_AXIS = "batch"
@@ -81,8 +81,7 @@ def export_onnx(model: torch.nn.Module, path: str | Path, image_size: int, opset
                 do_constant_folding=True,
             )
         except (RuntimeError, ValueError, torch.onnx.errors.OnnxExporterError) as error:
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise FuseError(f"PyTorch could not export the model at opset {opset} ({first_line}); try --opset 17") from error
+            raise FuseError(f"PyTorch could not export the model at opset {opset} ({first_line(error)}); try --opset 17") from error
     return onnx.load(str(path))
 
 

@@ -15,3 +15,15 @@ class FuseError(Exception):
         self.path = Path(path) if path is not None else None
         self.reason = message
         super().__init__(f"{self.path}: {message}" if self.path is not None else message)
+
+
+def first_line(error: BaseException, with_type: bool = False, limit: int = 300) -> str:
+    """The first non-blank line of ``error``'s message, for a one-line report (library errors, torch's
+    above all, run to many lines): at most ``limit`` characters, the type's name when the message is
+    empty, and ``Type: line`` with ``with_type``."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    name = type(error).__name__
+    if not lines:
+        return name
+    text = lines[0] if len(lines[0]) <= limit else lines[0][: limit - 3] + "..."
+    return f"{name}: {text}" if with_type else text

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from fuse_runtime.atomic import atomic_path
-from fuse_runtime.errors import FuseError
+from fuse_runtime.errors import FuseError, first_line
 from fuse_train.config import TrainConfig
 from fuse_train.model import FusionNet
 
@@ -90,7 +90,7 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError, ValueError) as error:
         raise FuseError(
-            f"not a readable fuse checkpoint ({_first_line(error)}); "
+            f"not a readable fuse checkpoint ({first_line(error, with_type=True)}); "
             "give a .pt file written by fuse-train",
             path,
         ) from error
@@ -128,7 +128,7 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tu
         model.load_state_dict(payload["model"], strict=True)
     except RuntimeError as error:
         raise FuseError(
-            f"the checkpoint's weights do not fit this FusionNet ({_first_line(error)}); "
+            f"the checkpoint's weights do not fit this FusionNet ({first_line(error, with_type=True)}); "
             "it was written by an incompatible model version",
             path,
         ) from error
@@ -180,9 +180,3 @@ def _rename_key(key: str, rename: dict[str, str]) -> str:
                 break
         parts.append(part)
     return ".".join(parts)
-
-
-def _first_line(error: Exception) -> str:
-    """``Type: first line of the message`` (torch's errors run to many lines)."""
-    lines = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {lines[0][:200]}" if lines else type(error).__name__

@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm import tqdm
 
 from fuse_runtime.atomic import write_json_atomic
+from fuse_runtime.cpu_features import has_native_bf16
 from fuse_runtime.errors import FuseError
 from fuse_train import distributed
 from fuse_train.checkpoint import init_from_checkpoint, read_checkpoint, save_checkpoint
@@ -128,7 +129,8 @@ class Precision:
 
 def resolve_precision(requested: str, device: torch.device) -> Precision:
     """``auto``: fp16 + GradScaler on CUDA; on the CPU bf16 autocast where the CPU has native bf16
-    (AVX512-BF16/AMX), else fp32. ``fp32``: no autocast. ``bf16``/``fp16``: as asked.
+    (AVX512-BF16/AMX, Arm BF16: :func:`fuse_runtime.cpu_features.has_native_bf16`), else fp32.
+    ``fp32``: no autocast. ``bf16``/``fp16``: as asked.
 
     Why not bf16 on every CPU: without native support oneDNN emulates it, and a training step at
     64 px measured ~12× slower than fp32 on an AVX2-only CPU.
@@ -137,7 +139,7 @@ def resolve_precision(requested: str, device: torch.device) -> Precision:
         if device.type == "cuda":
             requested = "fp16"
         else:
-            requested = "bf16" if cpu_has_native_bf16() else "fp32"
+            requested = "bf16" if has_native_bf16() else "fp32"
     if requested == "fp32":
         return Precision(None, False)
     if requested == "bf16":
@@ -147,14 +149,6 @@ def resolve_precision(requested: str, device: torch.device) -> Precision:
             raise FuseError("--precision fp16 needs a CUDA GPU; on the CPU use bf16 or fp32")
         return Precision(torch.float16, True)
     raise FuseError(f"unknown precision {requested!r}; use auto, fp32, bf16 or fp16")
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether oneDNN runs bf16 natively on this CPU (False when PyTorch cannot tell)."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def autocast(device: torch.device, precision: Precision) -> contextlib.AbstractContextManager:

@@ -57,7 +57,7 @@ from tqdm import tqdm
 
 from fuse_runtime.engines import PROVIDER_CHOICES, open_engine
 from fuse_runtime.engines.base import Engine
-from fuse_runtime.errors import FuseError
+from fuse_runtime.errors import FuseError, first_line
 from fuse_runtime.pairing import Pair
 from fuse_runtime.pipeline import (
     Job,
@@ -254,7 +254,7 @@ def _connected(ray: ModuleType, address: str | None) -> Iterator[_Cluster]:
         except Exception as error:  # ConnectionError, ValueError for a malformed address, RuntimeError...
             where = f"at {address}" if address else "on this machine"
             raise FuseError(
-                f"cannot connect to a Ray cluster {where} ({_one_line(error)}); start one with `ray start --head` "
+                f"cannot connect to a Ray cluster {where} ({first_line(error)}); start one with `ray start --head` "
                 "and pass its address to --ray (or `auto` on a cluster node), or pass --ray alone for a local Ray"
             ) from None
         connected_here = True
@@ -451,7 +451,7 @@ class _Execution:
                         self._take(batch)
                         self._collect(block=False)
             except Exception as error:  # the cluster failed the run: report the unfinished pairs, keep the rest
-                lost = f"the Ray Data run stopped: {_one_line(error)}"
+                lost = f"the Ray Data run stopped: {first_line(error)}"
             while self.writing:
                 self._collect(block=True)
             self._show_rate()
@@ -557,7 +557,7 @@ class _Execution:
                 result: PairResult = self.ray.get(ref)
             except Exception as error:  # the write task itself died (worker lost, out of memory)
                 job.result.status = "failed"
-                job.result.error = f"the Ray task writing {job.output} failed: {_one_line(error)}; re-run to resume"
+                job.result.error = f"the Ray task writing {job.output} failed: {first_line(error)}; re-run to resume"
             else:
                 for name in (f.name for f in dataclasses.fields(PairResult)):
                     setattr(job.result, name, getattr(result, name))
@@ -604,9 +604,3 @@ def _hide_progress_bar_notice(record: logging.LogRecord) -> bool:
 
 def _pack(value: dict[str, Any]) -> bytes:
     return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-
-
-def _one_line(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    text = lines[0] if lines else type(error).__name__
-    return text if len(text) <= 300 else text[:297] + "..."

@@ -96,7 +96,7 @@ def choose_backend(provider: str = "auto", cpuinfo: str | Path | None = None) ->
     nor ONNX Runtime's CUDA provider asks for ONNX Runtime; otherwise ONNX Runtime. ``cpuinfo``: where
     the CPU flags are read (default /proc/cpuinfo; tests pass other CPUs' flags).
     """
-    from fuse_runtime.engines.openvino_engine import CPUINFO, native_bf16
+    from fuse_runtime.cpu_features import CPUINFO, native_bf16
 
     if provider != "auto":
         return "onnxruntime", None

@@ -7,8 +7,8 @@ imported only when this engine is opened.
 
 Precision: OpenVINO's CPU plugin computes in bf16 when asked through ``INFERENCE_PRECISION_HINT``
 (and by default on CPUs with AMX). fuse asks for bf16 only where the CPU computes it natively
-(``avx512_bf16`` or ``amx_bf16`` among the /proc/cpuinfo flags, and OpenVINO lists BF16 in the
-device's ``OPTIMIZATION_CAPABILITIES``); everywhere else it asks for f32 explicitly, so the output
+(:func:`fuse_runtime.cpu_features.native_bf16`: AVX512-BF16, AMX-BF16 or Arm BF16, and OpenVINO
+lists BF16 in the device's ``OPTIMIZATION_CAPABILITIES``); everywhere else it asks for f32 explicitly, so the output
 matches ONNX Runtime's FP32 within float rounding. ``notices`` says which was chosen and why.
 bf16 keeps an 8-bit mantissa: expect differences of the order of 1e-2 to FP32 where it is used.
 
@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from fuse_runtime.cpu_features import CPUINFO, native_bf16
 from fuse_runtime.engines.base import (
     REEXPORT_HINT,
     UNBOUNDED_BATCH,
@@ -35,37 +36,14 @@ from fuse_runtime.engines.base import (
     modalities_from_metadata,
     preprocess_from_metadata,
 )
-from fuse_runtime.errors import FuseError
+from fuse_runtime.errors import FuseError, first_line
 from fuse_runtime.manifest import INPUT_FIRST, INPUT_SECOND, META_PREPROCESS, OUTPUT
 from fuse_runtime.preprocess import PreprocessConfig
 
 Precision = Literal["auto", "f32", "bf16"]
 PRECISIONS = ("auto", "f32", "bf16")
-NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
-"""x86 /proc/cpuinfo flags of CPUs that compute bf16 natively (AMX-BF16, AVX512-BF16)."""
-CPUINFO = Path("/proc/cpuinfo")
 DEVICE = "CPU"
 INSTALL_HINT = "install it with pip install 'fuse[openvino]', or use --backend onnxruntime"
-
-
-def native_bf16(cpuinfo: str | Path = CPUINFO) -> tuple[bool, str]:
-    """Whether the CPU described by ``cpuinfo`` (a path or its text) has native bf16, and why.
-
-    Reads the ``flags`` lines; a missing or unreadable file counts as no native bf16.
-    """
-    try:
-        text = cpuinfo if isinstance(cpuinfo, str) and "\n" in cpuinfo else Path(cpuinfo).read_text()
-    except OSError:
-        return False, f"cannot read {cpuinfo} to look for native bf16 (AVX512-BF16/AMX)"
-    flags: set[str] = set()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            flags.update(value.split())
-    found = [flag for flag in NATIVE_BF16_FLAGS if flag in flags]
-    if found:
-        return True, f"this CPU has native bf16 ({', '.join(found)})"
-    return False, "this CPU has no native bf16 (AVX512-BF16/AMX)"
 
 
 class OpenVinoEngine(Engine):
@@ -98,7 +76,7 @@ class OpenVinoEngine(Engine):
         try:
             model = core.read_model(str(self.path))
         except Exception as error:  # OpenVINO raises RuntimeError subclasses for bad files
-            raise FuseError(f"OpenVINO cannot read the model ({_first_line(error)}); {REEXPORT_HINT}", self.path) from None
+            raise FuseError(f"OpenVINO cannot read the model ({first_line(error)}); {REEXPORT_HINT}", self.path) from None
         self._check_signature(model)
         self.preprocess, self.image_size = self._read_preprocess(model)
         self.batch_range = self._batch_range(model)
@@ -113,7 +91,7 @@ class OpenVinoEngine(Engine):
         try:
             self._compiled = core.compile_model(model, DEVICE, config)
         except Exception as error:
-            raise FuseError(f"OpenVINO cannot compile the model for the CPU ({_first_line(error)})", self.path) from None
+            raise FuseError(f"OpenVINO cannot compile the model for the CPU ({first_line(error)})", self.path) from None
         self._request = self._compiled.create_infer_request()
         self._output = self._compiled.output(OUTPUT)
 
@@ -221,8 +199,3 @@ def _import_openvino(path: Path) -> Any:
 def _short_version(version: str) -> str:
     """``"2026.4.1-22982-e213a14-releases/2026/4"`` → ``"2026.4.1"``."""
     return version.split("-", 1)[0]
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

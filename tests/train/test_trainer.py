@@ -11,13 +11,19 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from fuse_runtime.cpu_features import has_native_bf16
 from fuse_runtime.errors import FuseError
 from fuse_runtime.preprocess import PreprocessConfig
 from fuse_train.checkpoint import read_checkpoint
 from fuse_train.cli import main
 from fuse_train.config import TrainConfig
 from fuse_train.losses import COMPONENTS
-from fuse_train.trainer import EarlyStopping, RunOptions, cpu_has_native_bf16, resolve_precision, run_training
+from fuse_train.trainer import (
+    EarlyStopping,
+    RunOptions,
+    resolve_precision,
+    run_training,
+)
 
 SIZE = 64
 
@@ -147,7 +153,7 @@ def test_patience_zero_never_stops():
     [
         ("fp32", None, False),
         ("bf16", torch.bfloat16, False),
-        ("auto", torch.bfloat16 if cpu_has_native_bf16() else None, False),
+        ("auto", torch.bfloat16 if has_native_bf16() else None, False),
     ],
 )
 def test_precision_on_the_cpu(requested, dtype, scaler):
