@@ -34,16 +34,12 @@ from tqdm import tqdm
 
 from fuse_runtime.errors import FuseError
 from fuse_runtime.io import read_scan
+from fuse_runtime.io.formats import Kind, file_kind, format_suffix, looks_like_dicom
 from fuse_runtime.preprocess import Role, check_registered
 from fuse_runtime.resample import align_to_ct
 from fuse_runtime.scan import Scan
 
 Task = Literal["ct-mri", "vis-ir"]
-Kind = Literal["image", "dicom-file", "dicom-series", "nifti"]
-
-IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
-DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 
 
 @dataclass(frozen=True)
@@ -328,7 +324,7 @@ class _Finder:
     def _read_role_folder(self, folder: Path, role_dir: Path) -> _RoleFolder:
         children = _visible_children(role_dir)
         files = [child for child in children if child.is_file()]
-        dicoms = [child for child in files if _is_dicom(child)]
+        dicoms = [child for child in files if looks_like_dicom(child)]
         others = [child for child in children if child not in dicoms]
         if len(dicoms) > 1 and not others and _one_series(dicoms):
             return _RoleFolder(series=True, entries={})
@@ -401,42 +397,15 @@ def _visible_children(folder: Path) -> list[Path]:
         raise FuseError(f"cannot list the folder ({error.strerror}); check its permissions", folder) from None
 
 
-def _suffix(path: Path) -> str:
-    name = path.name.lower()
-    for suffix in NIFTI_SUFFIXES + IMAGE_SUFFIXES + DICOM_SUFFIXES:
-        if name.endswith(suffix):
-            return suffix
-    return ""
-
-
 def _stem(path: Path) -> str:
-    suffix = _suffix(path)
+    suffix = format_suffix(path)
     return path.name[: len(path.name) - len(suffix)] if suffix and path.is_file() else path.name
 
 
 def _kind(path: Path) -> Kind | None:
     if path.is_dir():
-        return "dicom-series" if any(_is_dicom(child) for child in _visible_children(path) if child.is_file()) else None
-    suffix = _suffix(path)
-    if suffix in IMAGE_SUFFIXES:
-        return "image"
-    if suffix in NIFTI_SUFFIXES:
-        return "nifti"
-    return "dicom-file" if _is_dicom(path) else None
-
-
-def _is_dicom(path: Path) -> bool:
-    """A DICOM suffix, or the ``DICM`` marker after the 128-byte preamble (files named ``IM0001``)."""
-    suffix = _suffix(path)
-    if suffix in DICOM_SUFFIXES:
-        return True
-    if suffix:
-        return False
-    try:
-        with path.open("rb") as handle:
-            return handle.read(132)[128:] == b"DICM"
-    except OSError:
-        return False
+        return "dicom-series" if any(looks_like_dicom(child) for child in _visible_children(path) if child.is_file()) else None
+    return file_kind(path)
 
 
 def _one_series(files: list[Path]) -> bool:

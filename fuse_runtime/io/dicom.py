@@ -46,13 +46,9 @@ from fuse_runtime.errors import FuseError
 from fuse_runtime.io.modality import UNKNOWN, normalise_modality
 from fuse_runtime.scan import Scan
 
-#: File name suffixes taken as DICOM without looking inside (lower case); files with the ``DICM``
-#: marker at byte 128 are DICOM whatever their name.
-DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
-
-#: Tags that identify patient, study, series and instance: kept so a derived result can be written
-#: back into the same study.
-IDENTIFYING_KEYWORDS = (
+#: Patient, study and frame-of-reference tags: what a derived series (the fused result) shares with
+#: its source, so that it is filed into the same study and registered to the same frame.
+STUDY_KEYWORDS = (
     "PatientID",
     "PatientName",
     "PatientBirthDate",
@@ -65,21 +61,26 @@ IDENTIFYING_KEYWORDS = (
     "StudyDescription",
     "AccessionNumber",
     "ReferringPhysicianName",
+    "FrameOfReferenceUID",
+    "PositionReferenceIndicator",
+    "BodyPartExamined",
+    "PatientPosition",
+)
+
+#: Tags that identify patient, study, series and instance: kept so a derived result can be written
+#: back into the same study.
+IDENTIFYING_KEYWORDS = STUDY_KEYWORDS + (
     "SeriesInstanceUID",
     "SeriesNumber",
     "SeriesDescription",
     "SeriesDate",
     "SeriesTime",
     "Modality",
-    "FrameOfReferenceUID",
-    "PositionReferenceIndicator",
     "SOPClassUID",
     "SOPInstanceUID",
     "InstanceNumber",
     "Manufacturer",
     "InstitutionName",
-    "BodyPartExamined",
-    "PatientPosition",
 )
 
 #: Tags that place and display the pixels.
@@ -105,10 +106,6 @@ GEOMETRY_KEYWORDS = (
     "BitsStored",
     "PixelRepresentation",
 )
-
-_DICM_OFFSET = 128
-_DICM_MARKER = b"DICM"
-
 
 def read_dicom_file(path: str | Path, modality: str | None = None) -> Scan:
     """Read one DICOM file: pixels float32 ``[H, W]`` (``[F, H, W]`` for multi-frame), HU for CT.
@@ -150,18 +147,6 @@ def read_dicom_file(path: str | Path, modality: str | None = None) -> Scan:
         affine=None,
         metadata=metadata,
     )
-
-
-def looks_like_dicom(path: Path) -> bool:
-    """True when ``path`` has a DICOM suffix or the ``DICM`` marker at byte 128."""
-    if path.suffix.lower() in DICOM_SUFFIXES:
-        return True
-    try:
-        with path.open("rb") as handle:
-            handle.seek(_DICM_OFFSET)
-            return handle.read(len(_DICM_MARKER)) == _DICM_MARKER
-    except OSError:
-        return False
 
 
 def load_dataset(path: Path) -> Dataset:

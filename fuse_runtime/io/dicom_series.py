@@ -43,13 +43,13 @@ from fuse_runtime.io.dicom import (
     is_hounsfield,
     is_non_image_object,
     load_dataset,
-    looks_like_dicom,
     pixel_spacing,
     require_image,
     resolve_modality,
     slice_step,
     window,
 )
+from fuse_runtime.io.formats import looks_like_dicom
 from fuse_runtime.scan import Scan
 
 #: Tags that differ from slice to slice; kept per slice, not in the shared ``metadata["dicom"]``.

@@ -23,9 +23,6 @@ from fuse_runtime.errors import FuseError
 from fuse_runtime.io.modality import UNKNOWN, normalise_modality
 from fuse_runtime.scan import Scan
 
-#: File name suffixes read by this module (lower case).
-IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
-
 _BITS = {np.dtype(np.uint8): 8, np.dtype(np.int8): 8, np.dtype(np.uint16): 16, np.dtype(np.int16): 16}
 
 

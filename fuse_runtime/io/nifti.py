@@ -36,11 +36,9 @@ from nibabel.spatialimages import HeaderDataError
 
 from fuse_runtime.atomic import atomic_path
 from fuse_runtime.errors import FuseError
+from fuse_runtime.io.formats import NIFTI_SUFFIXES
 from fuse_runtime.io.modality import UNKNOWN, normalise_modality
 from fuse_runtime.scan import Scan
-
-#: File name endings read and written by this module (lower case).
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 #: Where the index axes of ``Scan.pixels`` ``[S, H, W]`` point (nibabel axis codes).
 READER_AXCODES = ("S", "P", "L")

@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from fuse_runtime.errors import FuseError
-from fuse_runtime.io.dicom import looks_like_dicom, read_dicom_file
+from fuse_runtime.io.dicom import read_dicom_file
 from fuse_runtime.io.dicom_series import folder_has_dicom, read_dicom_series
-from fuse_runtime.io.images import IMAGE_SUFFIXES, read_image
-from fuse_runtime.io.nifti import NIFTI_SUFFIXES, read_nifti
+from fuse_runtime.io.formats import file_kind
+from fuse_runtime.io.images import read_image
+from fuse_runtime.io.nifti import read_nifti
 from fuse_runtime.scan import Scan
 
 #: What ``read_scan`` accepts, for error messages and ``--help`` texts.
@@ -41,11 +42,8 @@ def read_scan(path: str | Path, modality: str | None = None) -> Scan:
         return read_dicom_series(path, modality)
     if path.stat().st_size == 0:
         raise FuseError(f"the file is empty: re-export or re-copy it. fuse reads {ACCEPTED_FORMATS}", path)
-    name = path.name.lower()
-    if name.endswith(NIFTI_SUFFIXES):
-        return read_nifti(path, modality)
-    if name.endswith(IMAGE_SUFFIXES):
-        return read_image(path, modality)
-    if looks_like_dicom(path):
-        return read_dicom_file(path, modality)
+    readers = {"nifti": read_nifti, "image": read_image, "dicom-file": read_dicom_file}
+    kind = file_kind(path)
+    if kind in readers:
+        return readers[kind](path, modality)
     raise FuseError(f"unknown file format {path.suffix or '(no suffix)'!r}: fuse reads {ACCEPTED_FORMATS}", path)
