@@ -46,6 +46,7 @@ from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, ge
 
 from fuse_runtime.atomic import atomic_path
 from fuse_runtime.errors import FuseError
+from fuse_runtime.io.dicom import STUDY_KEYWORDS
 from fuse_runtime.io.nifti import RAS_TO_LPS, RGB24, write_like
 from fuse_runtime.metrics import BT601_WEIGHTS
 from fuse_runtime.scan import Scan
@@ -55,24 +56,7 @@ PARTIAL_MARKER = ".partial"
 PNG_SLICE_NAME = "slice_{index:05d}.png"
 DICOM_SLICE_NAME = "IM_{index:05d}.dcm"
 #: DICOM tags copied from the CT onto the fused series (patient, study, frame of reference).
-COPIED_DICOM_TAGS = (
-    "PatientID",
-    "PatientName",
-    "PatientBirthDate",
-    "PatientSex",
-    "PatientAge",
-    "StudyInstanceUID",
-    "StudyID",
-    "StudyDate",
-    "StudyTime",
-    "StudyDescription",
-    "AccessionNumber",
-    "ReferringPhysicianName",
-    "FrameOfReferenceUID",
-    "PositionReferenceIndicator",
-    "BodyPartExamined",
-    "PatientPosition",
-)
+COPIED_DICOM_TAGS = STUDY_KEYWORDS
 NOT_FOR_DIAGNOSTIC_USE = "NOT FOR DIAGNOSTIC USE"
 FUSED_SERIES_DESCRIPTION = f"Fused CT+MRI (fuse) - {NOT_FOR_DIAGNOSTIC_USE}"
 
