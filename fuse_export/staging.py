@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fuse_runtime.atomic import ensure_writable
 from fuse_runtime.errors import FuseError
 from fuse_runtime.manifest import MANIFEST_NAME
 
@@ -97,12 +98,10 @@ def _make_dirs(folder: Path, what: str, fix: str) -> list[Path]:
     """Create ``folder`` (and missing parents) and check it is writable; returns the folders created."""
     missing = [p for p in (folder, *folder.parents) if not p.exists()][::-1]
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as error:
+        ensure_writable(folder, what, fix)
+    except FuseError:
         _remove_created([p for p in missing if p.is_dir()])
-        raise FuseError(f"cannot write into the {what} ({error.strerror or error}); {fix}", folder) from None
+        raise
     return missing
 
 

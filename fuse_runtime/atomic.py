@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from fuse_runtime.errors import FuseError
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
@@ -44,3 +46,16 @@ def write_json_atomic(path: str | Path, data: Any) -> None:
     """Write ``data`` as indented JSON, atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def ensure_writable(folder: str | Path, what: str = "output folder",
+                    fix: str = "choose a writable --out or fix its permissions") -> None:
+    """Create ``folder`` and prove a file can be written in it (a temporary file, gone at once), or
+    raise FuseError naming the folder, ``what`` it is and the ``fix``."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder, prefix=".write-test.partial"):
+            pass
+    except OSError as error:
+        raise FuseError(f"the {what} cannot be written ({error.strerror or error}); {fix}", folder) from None

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import queue
 import re
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ import numpy as np
 from tqdm import tqdm
 
 from fuse_runtime import writers
+from fuse_runtime.atomic import ensure_writable
 from fuse_runtime.engines.base import Engine
 from fuse_runtime.errors import FuseError
 from fuse_runtime.pairing import Pair, PairProblem, find_pairs, load_pair
@@ -377,19 +377,6 @@ def check_folders(in_dir: Path, out_dir: Path) -> None:
             "next time. Choose an --out outside --in",
             out_dir,
         )
-
-
-def ensure_writable(out_dir: Path) -> None:
-    """Create ``out_dir`` and prove a file can be written in it, or raise FuseError saying so."""
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out_dir, prefix=".write-test.partial"):
-            pass
-    except OSError as error:
-        raise FuseError(
-            f"the output folder cannot be written ({error.strerror}); choose another --out or fix its permissions",
-            out_dir,
-        ) from None
 
 
 class _Runner:
