@@ -23,6 +23,7 @@ from fuse_runtime.manifest import (
     META_IMAGE_SIZE,
     META_MODALITIES,
     META_PREPROCESS,
+    OUTPUT,
     Manifest,
     read_manifest,
 )
@@ -63,6 +64,12 @@ class Engine(ABC):
     @abstractmethod
     def description(self) -> str:
         """One line naming the model file, backend, input size and batch range."""
+
+    @property
+    def shape_text(self) -> str:
+        """``256x256, batch 1..any``: the input size and batch range, for :attr:`description`."""
+        low, high = self.batch_range
+        return f"{self.image_size}x{self.image_size}, batch {low}..{'any' if high == UNBOUNDED_BATCH else high}"
 
     def infer(self, ct: np.ndarray, mri: np.ndarray) -> np.ndarray:
         """Fuse a batch: ``ct`` float32 ``[N,3,H,W]`` and ``mri`` float32 ``[N,1,H,W]`` in [0,1].
@@ -116,6 +123,43 @@ def find_manifest(model_path: Path) -> Manifest | None:
     """The manifest.json beside ``model_path``, or None when there is none."""
     candidate = model_path.parent / MANIFEST_NAME
     return read_manifest(candidate) if candidate.is_file() else None
+
+
+def model_settings(
+    model_path: Path, metadata: dict[str, str], static_hw: Any
+) -> tuple[PreprocessConfig, int, tuple[str, str]]:
+    """Preprocessing, image size and modalities of an exported model: from the manifest.json beside
+    it, else from its ONNX metadata (both must agree where both are there), checked against the
+    graph's static H,W."""
+    manifest = find_manifest(model_path)
+    if manifest is None:
+        config, size = preprocess_from_metadata(model_path, metadata)
+        modalities = modalities_from_metadata(model_path, metadata)
+    else:
+        config, size = manifest.preprocess, manifest.image_size
+        modalities = tuple(manifest.modalities)
+        if META_PREPROCESS in metadata and preprocess_from_metadata(model_path, metadata)[0] != config:
+            raise FuseError(
+                "manifest.json beside the model and the model's own metadata disagree about "
+                f"preprocessing, so the manifest may belong to another model; {REEXPORT_HINT}",
+                model_path,
+            )
+    return config, check_image_size(model_path, size, config, static_hw), modalities  # type: ignore[return-value]
+
+
+def check_signature(model_path: Path, inputs: dict[str, tuple[Any, ...] | None], outputs: set[str]) -> None:
+    """The graph takes ``first`` [N,3,H,W] and ``second`` [N,1,H,W] and gives ``fused``; ``inputs`` maps
+    each input name to its shape (None where the rank is unknown), ``outputs`` holds the output names."""
+    for name, channels in ((INPUT_FIRST, 3), (INPUT_SECOND, 1)):
+        shape = inputs.get(name)
+        if shape is None or len(shape) != 4 or shape[1] != channels:
+            raise FuseError(
+                f"the model must take input {name!r} shaped [N,{channels},H,W] (found inputs {inputs}); "
+                f"{REEXPORT_HINT}",
+                model_path,
+            )
+    if OUTPUT not in outputs:
+        raise FuseError(f"the model has no output {OUTPUT!r} (found {sorted(outputs)}); {REEXPORT_HINT}", model_path)
 
 
 def preprocess_from_metadata(model_path: Path, metadata: dict[str, str]) -> tuple[PreprocessConfig, int]:

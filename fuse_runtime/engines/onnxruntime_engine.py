@@ -18,13 +18,11 @@ from fuse_runtime.engines.base import (
     REEXPORT_HINT,
     UNBOUNDED_BATCH,
     Engine,
-    check_image_size,
-    find_manifest,
-    modalities_from_metadata,
-    preprocess_from_metadata,
+    check_signature,
+    model_settings,
 )
 from fuse_runtime.errors import FuseError
-from fuse_runtime.manifest import INPUT_FIRST, INPUT_SECOND, META_PREPROCESS, OUTPUT
+from fuse_runtime.manifest import INPUT_FIRST, INPUT_SECOND, OUTPUT
 from fuse_runtime.preprocess import PreprocessConfig
 
 Provider = Literal["auto", "cpu", "cuda", "tensorrt"]
@@ -78,12 +76,7 @@ class OnnxRuntimeEngine(Engine):
 
     @property
     def description(self) -> str:
-        low, high = self.batch_range
-        high_text = "any" if high == UNBOUNDED_BATCH else str(high)
-        return (
-            f"ONNX Runtime {ort.__version__} ({self.provider}) {self.path.name}: "
-            f"{self.image_size}x{self.image_size}, batch {low}..{high_text}"
-        )
+        return f"ONNX Runtime {ort.__version__} ({self.provider}) {self.path.name}: {self.shape_text}"
 
     def _run(self, ct: np.ndarray, mri: np.ndarray) -> np.ndarray:
         if self.session is None:
@@ -124,40 +117,14 @@ class OnnxRuntimeEngine(Engine):
         return "cpu"
 
     def _check_signature(self) -> None:
-        inputs = {node.name: node for node in self.session.get_inputs()}
-        outputs = {node.name: node for node in self.session.get_outputs()}
-        expected = {INPUT_FIRST: 3, INPUT_SECOND: 1}
-        for name, channels in expected.items():
-            node = inputs.get(name)
-            if node is None or len(node.shape) != 4 or node.shape[1] != channels:
-                found = {n: v.shape for n, v in inputs.items()}
-                raise FuseError(
-                    f"the model must take input {name!r} shaped [N,{channels},H,W] (found inputs {found}); "
-                    f"{REEXPORT_HINT}",
-                    self.path,
-                )
-        if OUTPUT not in outputs:
-            raise FuseError(
-                f"the model has no output {OUTPUT!r} (found {sorted(outputs)}); {REEXPORT_HINT}", self.path
-            )
+        inputs = {node.name: tuple(node.shape) for node in self.session.get_inputs()}
+        check_signature(self.path, inputs, {node.name for node in self.session.get_outputs()})
 
     def _read_preprocess(self) -> tuple[PreprocessConfig, int]:
         metadata = dict(self.session.get_modelmeta().custom_metadata_map)
         static_hw = tuple(self.session.get_inputs()[0].shape[2:])
-        manifest = find_manifest(self.path)
-        if manifest is None:
-            config, size = preprocess_from_metadata(self.path, metadata)
-            self.modalities = modalities_from_metadata(self.path, metadata)
-        else:
-            config, size = manifest.preprocess, manifest.image_size
-            self.modalities = tuple(manifest.modalities)
-            if META_PREPROCESS in metadata and preprocess_from_metadata(self.path, metadata)[0] != config:
-                raise FuseError(
-                    "manifest.json beside the model and the model's own metadata disagree about "
-                    f"preprocessing, so the manifest may belong to another model; {REEXPORT_HINT}",
-                    self.path,
-                )
-        return config, check_image_size(self.path, size, config, static_hw)
+        config, size, self.modalities = model_settings(self.path, metadata, static_hw)
+        return config, size
 
     def _batch_range(self) -> tuple[int, int]:
         batch = self.session.get_inputs()[0].shape[0]

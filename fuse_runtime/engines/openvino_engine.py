@@ -31,13 +31,11 @@ from fuse_runtime.engines.base import (
     REEXPORT_HINT,
     UNBOUNDED_BATCH,
     Engine,
-    check_image_size,
-    find_manifest,
-    modalities_from_metadata,
-    preprocess_from_metadata,
+    check_signature,
+    model_settings,
 )
 from fuse_runtime.errors import FuseError, first_line
-from fuse_runtime.manifest import INPUT_FIRST, INPUT_SECOND, META_PREPROCESS, OUTPUT
+from fuse_runtime.manifest import INPUT_FIRST, INPUT_SECOND, OUTPUT
 from fuse_runtime.preprocess import PreprocessConfig
 
 Precision = Literal["auto", "f32", "bf16"]
@@ -97,12 +95,7 @@ class OpenVinoEngine(Engine):
 
     @property
     def description(self) -> str:
-        low, high = self.batch_range
-        high_text = "any" if high == UNBOUNDED_BATCH else str(high)
-        return (
-            f"OpenVINO {_short_version(self._ov.__version__)} (cpu, {self.precision}) {self.path.name}: "
-            f"{self.image_size}x{self.image_size}, batch {low}..{high_text}"
-        )
+        return f"OpenVINO {_short_version(self._ov.__version__)} (cpu, {self.precision}) {self.path.name}: {self.shape_text}"
 
     def _run(self, ct: np.ndarray, mri: np.ndarray) -> np.ndarray:
         if self._request is None:
@@ -131,40 +124,20 @@ class OpenVinoEngine(Engine):
         return chosen
 
     def _check_signature(self, model: Any) -> None:
-        inputs = {name: port for port in model.inputs for name in port.get_names()}
-        outputs = {name for port in model.outputs for name in port.get_names()}
-        for name, channels in ((INPUT_FIRST, 3), (INPUT_SECOND, 1)):
-            port = inputs.get(name)
-            shape = port.get_partial_shape() if port is not None else None
-            if shape is None or shape.rank.get_length() != 4 or shape[1].get_length() != channels:
-                raise FuseError(
-                    f"the model must take input {name!r} shaped [N,{channels},H,W] "
-                    f"(found inputs {sorted(inputs)}); {REEXPORT_HINT}",
-                    self.path,
-                )
-        if OUTPUT not in outputs:
-            raise FuseError(f"the model has no output {OUTPUT!r} (found {sorted(outputs)}); {REEXPORT_HINT}", self.path)
+        inputs = {}
+        for port in model.inputs:
+            shape = port.get_partial_shape()
+            dims = None if shape.rank.is_dynamic else tuple(d.get_length() if d.is_static else None for d in shape)
+            inputs.update({name: dims for name in port.get_names()})
+        check_signature(self.path, inputs, {name for port in model.outputs for name in port.get_names()})
 
     def _read_preprocess(self, model: Any) -> tuple[PreprocessConfig, int]:
         """Preprocessing from manifest.json beside the model, else the ONNX metadata (which OpenVINO
         exposes as the model's ``framework`` runtime info); both must agree when both are there."""
-        metadata = _onnx_metadata(model)
         shape = _input_port(model, INPUT_FIRST).get_partial_shape()
         static_hw = tuple(shape[i].get_length() if shape[i].is_static else None for i in (2, 3))
-        manifest = find_manifest(self.path)
-        if manifest is None:
-            config, size = preprocess_from_metadata(self.path, metadata)
-            self.modalities = modalities_from_metadata(self.path, metadata)
-        else:
-            config, size = manifest.preprocess, manifest.image_size
-            self.modalities = tuple(manifest.modalities)
-            if META_PREPROCESS in metadata and preprocess_from_metadata(self.path, metadata)[0] != config:
-                raise FuseError(
-                    "manifest.json beside the model and the model's own metadata disagree about "
-                    f"preprocessing, so the manifest may belong to another model; {REEXPORT_HINT}",
-                    self.path,
-                )
-        return config, check_image_size(self.path, size, config, static_hw)
+        config, size, self.modalities = model_settings(self.path, _onnx_metadata(model), static_hw)
+        return config, size
 
     def _batch_range(self, model: Any) -> tuple[int, int]:
         batch = _input_port(model, INPUT_FIRST).get_partial_shape()[0]

@@ -73,11 +73,7 @@ class TensorRTEngine(Engine):
 
     @property
     def description(self) -> str:
-        low, high = self.batch_range
-        return (
-            f"TensorRT {self._trt.__version__} on {self._gpu_name} {self.path.name}: "
-            f"{self.image_size}x{self.image_size}, batch {low}..{high}"
-        )
+        return f"TensorRT {self._trt.__version__} on {self._gpu_name} {self.path.name}: {self.shape_text}"
 
     def _run(self, ct: np.ndarray, mri: np.ndarray) -> np.ndarray:
         cudart = self._cudart
