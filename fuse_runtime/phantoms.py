@@ -25,11 +25,12 @@ import click
 import cv2
 import nibabel as nib
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from pydicom.dataset import Dataset
+from pydicom.uid import CTImageStorage, MRImageStorage, generate_uid
 
 from fuse_runtime.atomic import atomic_path
 from fuse_runtime.errors import FuseError
+from fuse_runtime.io.dicom import new_dataset
 
 
 @dataclass(frozen=True)
@@ -205,16 +206,7 @@ def _dicom_slice(
     series_number: int,
 ) -> Dataset:
     sop_class = CTImageStorage if modality == "CT" else MRImageStorage
-    sop_uid = _uid(f"instance-{modality}-{index}")
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = sop_uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = sop_class
-    ds.SOPInstanceUID = sop_uid
+    ds = new_dataset(sop_class, _uid(f"instance-{modality}-{index}"))
     ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
     ds.PatientName = "Phantom^Head"
     ds.PatientID = "FUSE-PHANTOM-01"

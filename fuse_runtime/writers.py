@@ -40,13 +40,13 @@ from typing import Any
 import cv2
 import nibabel as nib
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+from pydicom.uid import SecondaryCaptureImageStorage, generate_uid
 
 from fuse_runtime.atomic import atomic_path
 from fuse_runtime.errors import FuseError
-from fuse_runtime.io.dicom import STUDY_KEYWORDS
+from fuse_runtime.io.dicom import STUDY_KEYWORDS, new_dataset
 from fuse_runtime.io.nifti import RAS_TO_LPS, RGB24, write_like
 from fuse_runtime.metrics import BT601_WEIGHTS
 from fuse_runtime.scan import Scan
@@ -280,13 +280,7 @@ def _secondary_capture(
     description: str,
     now: datetime,
 ) -> Dataset:
-    sop_uid = generate_uid()
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = sop_uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
+    ds = new_dataset(SecondaryCaptureImageStorage, generate_uid())
     ds.SpecificCharacterSet = "ISO_IR 192"
     for keyword in COPIED_DICOM_TAGS:
         if keyword in tags and tags[keyword] not in (None, ""):
@@ -295,8 +289,6 @@ def _secondary_capture(
                     "StudyID", "AccessionNumber", "ReferringPhysicianName"):
         if keyword not in ds:
             setattr(ds, keyword, "")
-    ds.SOPClassUID = SecondaryCaptureImageStorage
-    ds.SOPInstanceUID = sop_uid
     ds.StudyInstanceUID = study_uid
     ds.SeriesInstanceUID = series_uid
     ds.FrameOfReferenceUID = frame_uid

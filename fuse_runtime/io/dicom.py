@@ -31,7 +31,7 @@ from typing import Any
 import cv2
 import numpy as np
 import pydicom
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.pixels import apply_color_lut, apply_modality_lut, get_decoder
@@ -147,6 +147,20 @@ def read_dicom_file(path: str | Path, modality: str | None = None) -> Scan:
         affine=None,
         metadata=metadata,
     )
+
+
+def new_dataset(sop_class: str, sop_uid: str) -> Dataset:
+    """A new dataset for one instance of ``sop_class``: its file meta (explicit VR little endian) and
+    SOP class and instance UIDs set, everything else for the caller."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = sop_uid
+    return ds
 
 
 def load_dataset(path: Path) -> Dataset:
