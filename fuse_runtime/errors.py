@@ -27,3 +27,9 @@ def first_line(error: BaseException, with_type: bool = False, limit: int = 300) 
         return name
     text = lines[0] if len(lines[0]) <= limit else lines[0][: limit - 3] + "..."
     return f"{name}: {text}" if with_type else text
+
+
+def one_line(error: BaseException) -> str:
+    """The whole message of ``error`` with its line breaks and runs of spaces collapsed, for a reason
+    whose detail is not on its first line (SimpleITK's, nibabel's)."""
+    return " ".join(str(error).split())

@@ -20,7 +20,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from fuse_runtime.atomic import atomic_path
-from fuse_runtime.errors import FuseError
+from fuse_runtime.errors import FuseError, one_line
+from fuse_runtime.io.formats import format_suffix
 from fuse_runtime.resample import Alignment, contributing_slices, on_ct_grid, resample_onto, to_sitk, world_affine
 from fuse_runtime.scan import Scan
 
@@ -62,7 +63,7 @@ def register_rigid(ct: Scan, mri: Scan, config: RegistrationConfig = Registratio
     try:
         found = method.Execute(fixed, moving)
     except RuntimeError as error:
-        raise FuseError(f"{ct.source} + {mri.source}: rigid registration failed ({_one_line(error)})") from None
+        raise FuseError(f"{ct.source} + {mri.source}: rigid registration failed ({one_line(error)})") from None
     stop = method.GetOptimizerStopConditionDescription()
     final = _as_rigid(found, flat)
     after = _metric(config.histogram_bins, fixed, moving, final)
@@ -109,11 +110,7 @@ def write_transform(path: str | Path, record: dict) -> Path:
 
 def transform_path(output: Path) -> Path:
     """Where the transform of a pair whose result is ``output`` goes: beside it, ``<name>.tfm``."""
-    name = output.name
-    for suffix in (".nii.gz", ".nii", ".dcm", ".png"):
-        if name.lower().endswith(suffix):
-            name = name[: -len(suffix)]
-            break
+    name = output.name[: len(output.name) - len(format_suffix(output))]
     return output.with_name(name + TRANSFORM_SUFFIX)
 
 
@@ -174,7 +171,3 @@ def _image_2d(scan: Scan) -> sitk.Image:
     image = sitk.GetImageFromArray(np.ascontiguousarray(scan.slices()[0], dtype=np.float32))
     image.SetSpacing([float(scan.spacing[-1]), float(scan.spacing[-2])])
     return image
-
-
-def _one_line(error: Exception) -> str:
-    return " ".join(str(error).split())

@@ -35,7 +35,7 @@ from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, 
 from nibabel.spatialimages import HeaderDataError
 
 from fuse_runtime.atomic import atomic_path
-from fuse_runtime.errors import FuseError
+from fuse_runtime.errors import FuseError, one_line
 from fuse_runtime.io.formats import NIFTI_SUFFIXES
 from fuse_runtime.io.modality import UNKNOWN, normalise_modality
 from fuse_runtime.scan import Scan
@@ -168,7 +168,7 @@ def _load(path: Path) -> nib.Nifti1Image | nib.Nifti2Image:
         raise FuseError("no such file: check the path", path) from None
     except (ImageFileError, HeaderDataError, OSError, EOFError, ValueError, zlib.error) as error:
         raise FuseError(
-            f"not a readable NIfTI file ({_one_line(error)}): re-export or re-copy it as .nii / .nii.gz",
+            f"not a readable NIfTI file ({one_line(error)}): re-export or re-copy it as .nii / .nii.gz",
             path,
         ) from None
     if not isinstance(image, nib.Nifti1Image | nib.Nifti2Image):
@@ -189,7 +189,7 @@ def _voxels(image: nib.Nifti1Image | nib.Nifti2Image, path: Path) -> np.ndarray:
         return np.asarray(image.dataobj, dtype=np.float32)
     except (OSError, EOFError, ValueError, zlib.error) as error:
         raise FuseError(
-            f"cannot read the voxel data ({_one_line(error)}): the file is truncated or corrupt; re-copy it",
+            f"cannot read the voxel data ({one_line(error)}): the file is truncated or corrupt; re-copy it",
             path,
         ) from None
 
@@ -222,7 +222,3 @@ def _source_layout(scan: Scan) -> tuple[np.ndarray, tuple[int, ...]]:
             f"this scan was read from {scan.source_format}, not NIfTI: its layout cannot be restored as NIfTI",
             scan.source,
         ) from None
-
-
-def _one_line(error: Exception) -> str:
-    return " ".join(str(error).split())

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fuse_runtime.errors import first_line
+from fuse_runtime.errors import first_line, one_line
 
 
 def test_first_non_blank_line_of_a_long_message() -> None:
@@ -15,3 +15,8 @@ def test_empty_message_gives_the_type_and_long_lines_are_cut() -> None:
     assert first_line(ValueError()) == "ValueError" and first_line(ValueError(""), with_type=True) == "ValueError"
     cut = first_line(OSError("x" * 500), limit=40)
     assert len(cut) == 40 and cut.endswith("...")
+
+
+def test_one_line_keeps_the_whole_message_on_one_line() -> None:
+    error = RuntimeError("Exception thrown in SimpleITK Execute:\n  /src/x.cxx:12:\n\tsitk::ERROR: too many samples outside")
+    assert one_line(error) == "Exception thrown in SimpleITK Execute: /src/x.cxx:12: sitk::ERROR: too many samples outside"
