@@ -110,7 +110,7 @@ def choose_backend(provider: str = "auto", cpuinfo: str | Path | None = None) ->
     if importlib.util.find_spec("openvino") is None:
         return "onnxruntime", (
             f"backend auto: ONNX Runtime; {reason}, where OpenVINO runs it in bf16 about 4x faster "
-            "(measured on a 2-core AMX Xeon, same fusion metrics): pip install 'fuse[openvino]'"
+            "(measured on a 2-core AMX Xeon, same fusion metrics): pip install 'fuse-ctmri[openvino]'"
         )
     return "openvino", (
         f"backend auto: OpenVINO, because {reason} and OpenVINO is installed (about 4x ONNX Runtime FP32 "

@@ -119,7 +119,7 @@ class OnnxRuntimeEngine(Engine):
         self._notice(
             f"provider {requested} is not available in this onnxruntime build "
             f"(it has: {', '.join(sorted(available))}); running on cpu instead. "
-            "For GPUs install the gpu extra: pip install 'fuse[gpu]'"
+            "For GPUs install the gpu extra: pip install 'fuse-ctmri[gpu-cu12]' (CUDA 13 driver: [gpu-cu13])"
         )
         return "cpu"
 

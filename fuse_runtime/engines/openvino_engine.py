@@ -2,7 +2,7 @@
 
 OpenVINO reads the ONNX file written by fuse-export directly (no conversion step, no extra
 artifact), including the QDQ INT8 graph, whose QuantizeLinear/DequantizeLinear pairs it fuses into
-its own integer kernels. ``openvino`` is an optional extra (``pip install 'fuse[openvino]'``) and is
+its own integer kernels. ``openvino`` is an optional extra (``pip install 'fuse-ctmri[openvino]'``) and is
 imported only when this engine is opened.
 
 Precision: OpenVINO's CPU plugin computes in bf16 when asked through ``INFERENCE_PRECISION_HINT``
@@ -45,7 +45,7 @@ NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 """x86 /proc/cpuinfo flags of CPUs that compute bf16 natively (AMX-BF16, AVX512-BF16)."""
 CPUINFO = Path("/proc/cpuinfo")
 DEVICE = "CPU"
-INSTALL_HINT = "install it with pip install 'fuse[openvino]', or use --backend onnxruntime"
+INSTALL_HINT = "install it with pip install 'fuse-ctmri[openvino]', or use --backend onnxruntime"
 
 
 def native_bf16(cpuinfo: str | Path = CPUINFO) -> tuple[bool, str]:

@@ -226,7 +226,7 @@ def _import_backends(path: Path) -> tuple[Any, Any]:
     except ImportError:
         raise FuseError(
             "TensorRT is not installed, so a .plan cannot be run here; install the gpu extra "
-            "(pip install 'fuse[gpu]') or run model.onnx instead",
+            "(pip install 'fuse-ctmri[gpu-cu12]' (CUDA 13 driver: [gpu-cu13])) or run model.onnx instead",
             path,
         ) from None
     try:
@@ -236,7 +236,7 @@ def _import_backends(path: Path) -> tuple[Any, Any]:
             from cuda import cudart
         except ImportError:
             raise FuseError(
-                "the CUDA Python bindings are missing; install them with pip install 'fuse[gpu]'", path
+                "the CUDA Python bindings are missing; install them with pip install 'fuse-ctmri[gpu-cu12]' (CUDA 13 driver: [gpu-cu13])", path
             ) from None
     return trt, cudart
 

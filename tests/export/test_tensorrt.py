@@ -1,7 +1,7 @@
 """TensorRT FP16 engines built from the exported FP16 ONNX, run on the GPU and compared to PyTorch.
 
 Real builds and runs at 64 px with a batch profile of 1..4; they skip with the reason on machines
-without a CUDA GPU or without TensorRT (``pip install 'fuse[gpu]'``).
+without a CUDA GPU or without TensorRT (``pip install 'fuse-ctmri[gpu-cu12]' (CUDA 13 driver: [gpu-cu13])``).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def _missing() -> str | None:
     if not torch.cuda.is_available():
         return "no CUDA GPU visible (torch.cuda.is_available() is False)"
     if importlib.util.find_spec("tensorrt") is None:
-        return "TensorRT is not installed; pip install 'fuse[gpu]'"
+        return "TensorRT is not installed; pip install 'fuse-ctmri[gpu-cu12]' (CUDA 13 driver: [gpu-cu13])"
     return None
 
 
