@@ -80,6 +80,11 @@ _DEFAULTS = RunOptions()
     "on the CPU (pip install 'fuse-ctmri[openvino]'; bf16 where the CPU has AVX512-BF16/AMX, else f32; reads "
     "model.onnx or model.int8.onnx). onnxruntime / tensorrt: force that library.",
 )
+@click.option(
+    "--device", type=click.IntRange(min=0), default=0, show_default=True,
+    help="CUDA device index for a .plan and for ONNX Runtime's CUDA/TensorRT providers (nvidia-smi lists them). "
+    "Ignored on the CPU and with --ray (Ray gives each actor its own GPU).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs [default: skip them, so a re-run resumes].")
 @click.option(
     "--metrics", is_flag=True,
@@ -113,6 +118,7 @@ def main(
     threads: int | None,
     provider: str,
     backend: str,
+    device: int,
     overwrite: bool,
     metrics: bool,
     preview: bool,
@@ -154,7 +160,9 @@ def main(
             ray_options = RayOptions(address=address, provider=provider, threads=threads)
             report = run_on_ray(engine_path, in_dir, out_dir, options, ray_options, on_engine=announce)
         else:
-            with open_engine(engine_path, provider=provider, threads=threads, backend=backend) as engine:
+            with open_engine(
+                engine_path, provider=provider, threads=threads, backend=backend, device=device
+            ) as engine:
                 announce(engine)
                 report = run(engine, in_dir, out_dir, options)
     except FuseError as error:
