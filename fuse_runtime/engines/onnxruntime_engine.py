@@ -14,7 +14,6 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 import re
-import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -35,6 +34,7 @@ from fuse_runtime.engines.base import (
     modalities_from_metadata,
     preprocess_from_metadata,
 )
+from fuse_runtime.engines.nvidia import gpu_label
 from fuse_runtime.errors import FuseError
 from fuse_runtime.install import GPU_INSTALL, ONNXRUNTIME_MISSING
 from fuse_runtime.manifest import (
@@ -94,7 +94,7 @@ class OnnxRuntimeEngine(Engine):
         providers = session_providers(
             chosen, available, self.path, manifest.batch if manifest else DEFAULT_BATCH,
             manifest.image_size if manifest else None, device,
-            _gpu_label(device) if chosen == "tensorrt" else "", _tensorrt_version() if chosen == "tensorrt" else "",
+            gpu_label(device) if chosen == "tensorrt" else "", _tensorrt_version() if chosen == "tensorrt" else "",
         )
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -291,19 +291,6 @@ def _tensorrt_version() -> str:
         except importlib.metadata.PackageNotFoundError:
             continue
     return ""
-
-
-def _gpu_label(device: int) -> str:
-    """``<name>-sm<cc>`` of CUDA device ``device`` from nvidia-smi ('' when it cannot be asked)."""
-    try:
-        out = subprocess.run(
-            ["nvidia-smi", f"--id={device}", "--query-gpu=name,compute_cap", "--format=csv,noheader"],
-            capture_output=True, text=True, timeout=20, check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return f"gpu{device}"
-    name, _, capability = out.partition(",")
-    return f"{name.strip()}-sm{capability.strip()}"
 
 
 def _short_name(ort_provider: str) -> str:

@@ -7,6 +7,7 @@ without a CUDA GPU or without TensorRT (``pip install 'fuse-ctmri[gpu-cu12]' (CU
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -60,7 +61,10 @@ def test_engine_is_strongly_typed_and_records_the_gpu(engine):
     assert build.typing == "strongly-typed"
     assert build.gpu["name"] == torch.cuda.get_device_name(0)
     assert build.gpu["compute_capability"] == "{}.{}".format(*torch.cuda.get_device_capability(0))
-    assert cache.is_file() and cache.stat().st_size > 0 and not build.timing_cache_reused
+    used = Path(build.timing_cache)
+    assert used.is_file() and used.stat().st_size > 0 and not build.timing_cache_reused
+    assert used.name == f"timing-trt{build.tensorrt_version}-sm{build.gpu['compute_capability']}.cache"
+    assert build.tf32 is False
 
 
 @pytest.mark.parametrize("batch", [1, 3, 4])
