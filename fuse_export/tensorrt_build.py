@@ -248,7 +248,7 @@ def _started(create: Any, what: str, path: Path, device: int) -> Any:
     return made
 
 
-def _attach_timing_cache(config: Any, path: Path) -> str:
+def _attach_timing_cache(config: trt.IBuilderConfig, path: Path) -> str:
     """Load the timing cache at ``path`` into ``config``, else a fresh one.
 
     Returns ``reused``, ``new`` or ``unavailable`` (this TensorRT could not create a timing cache:
