@@ -153,7 +153,7 @@ def markdown(report: dict[str, Any]) -> str:
         "| --- | --- |",
     ]
     lines += [f"| {key} | {_cell(value)} |" for key, value in report["environment"].items()]
-    lines += ["", "## Steps", "", "| step | status | seconds | reason | log |", "| --- | --- | ---: | --- | --- |"]
+    lines += ["", "## Steps", "", "| step | status | seconds | reason (failed, skipped) or last output line (ok) | log |", "| --- | --- | ---: | --- | --- |"]
     for step in report["steps"]:
         seconds = step.get("seconds")
         lines.append(

@@ -21,18 +21,21 @@ export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 SHARED=${FUSE_SHARED_DATA:-$ROOT/../shared/data}
 TRAIN_STEPS=${GPU_CHECK_EPOCHS:-1}
 
-# record NAME STATUS SECONDS REASON: one JSON line in steps.jsonl.
+# record NAME STATUS SECONDS REASON [LOG]: one JSON line in steps.jsonl.
 record() {
-  "$PYTHON" - "$OUT/steps.jsonl" "$1" "$2" "$3" "$4" "logs/$1.log" <<'PY'
+  "$PYTHON" - "$OUT/steps.jsonl" "$1" "$2" "$3" "$4" "${5:-}" <<'PY'
 import json, sys
 path, name, status, seconds, reason, log = sys.argv[1:7]
 with open(path, "a") as f:
-    f.write(json.dumps({"name": name, "status": status, "seconds": float(seconds), "reason": reason or None, "log": log}) + "\n")
+    f.write(json.dumps({"name": name, "status": status, "seconds": float(seconds), "reason": reason or None, "log": log or None}) + "\n")
 PY
 }
 
 # skip NAME REASON
 skip() { echo "gpu_check: skipped $1: $2"; record "$1" skipped 0 "$2"; }
+
+# cli MODULE ARGS...: a fuse command by its module (the console scripts may not be on PATH).
+cli() { local module=$1; shift; "$PYTHON" -c "import sys; from $module import main; sys.argv[0] = '$module'; main()" "$@"; }
 
 # step NAME COMMAND...: run it, keep its output, record ok/failed (the failure reason: last line of output).
 step() {
@@ -45,10 +48,12 @@ step() {
   end=$(date +%s.%N)
   local seconds
   seconds=$(awk -v a="$start" -v b="$end" 'BEGIN{printf "%.2f", b-a}')
+  local last
+  last=$(grep -v '^\s*$' "$OUT/logs/$name.log" | tail -n 1 | cut -c1-300)
   if [[ $rc -eq 0 ]]; then
-    record "$name" ok "$seconds" ""
+    record "$name" ok "$seconds" "$last" "logs/$name.log"
   else
-    record "$name" failed "$seconds" "exit $rc: $(grep -v '^\s*$' "$OUT/logs/$name.log" | tail -n 1 | cut -c1-300)"
+    record "$name" failed "$seconds" "exit $rc: $last" "logs/$name.log"
   fi
 }
 
@@ -85,7 +90,7 @@ else
 fi
 if cuda_ok; then
   for precision in fp16 bf16; do
-    step "train-$precision" "$PYTHON" -m fuse_train.cli --task ct-mri --data "$TRAIN_DATA" --out "$OUT/train-$precision" \
+    step "train-$precision" cli fuse_train.cli --task ct-mri --data "$TRAIN_DATA" --out "$OUT/train-$precision" \
       --device cuda --precision "$precision" --epochs "$TRAIN_STEPS" --max-pairs 16 --batch-size 8 --no-imagenet
   done
 else
@@ -99,7 +104,7 @@ EXPORT="$OUT/export"
 if [[ -z "$CHECKPOINT" ]]; then
   skip export "no checkpoint: both training runs failed or were skipped"
 else
-  step export "$PYTHON" -m fuse_export.cli --checkpoint "$CHECKPOINT" --out "$EXPORT" --fp16 --overwrite
+  step export cli fuse_export.cli --checkpoint "$CHECKPOINT" --out "$EXPORT" --fp16 --overwrite
 fi
 
 # 4. fuse-run with the plan in all three output formats, and with ONNX Runtime's GPU providers.
@@ -107,7 +112,7 @@ SCANS="$OUT/scans"
 "$PYTHON" -c "from fuse_runtime.phantoms import write_phantoms; write_phantoms('$SCANS')" >/dev/null 2>&1
 for format in png nifti dicom; do
   if [[ -f "$EXPORT/model.plan" ]]; then
-    step "fuse-run-plan-$format" "$PYTHON" -m fuse_runtime.cli --engine "$EXPORT/model.plan" --in "$SCANS" \
+    step "fuse-run-plan-$format" cli fuse_runtime.cli --engine "$EXPORT/model.plan" --in "$SCANS" \
       --out "$OUT/fused-plan-$format" --format "$format" --quiet
   else
     skip "fuse-run-plan-$format" "no $EXPORT/model.plan (TensorRT missing or the export failed)"
@@ -120,7 +125,7 @@ for provider in cuda tensorrt; do
   elif ! has_provider "$ort_name"; then
     skip "fuse-run-ort-$provider" "this onnxruntime has no $ort_name (install onnxruntime-gpu via the gpu-cu12 / gpu-cu13 extra)"
   else
-    step "fuse-run-ort-$provider" "$PYTHON" -m fuse_runtime.cli --engine "$EXPORT/model.onnx" --in "$SCANS" \
+    step "fuse-run-ort-$provider" cli fuse_runtime.cli --engine "$EXPORT/model.onnx" --in "$SCANS" \
       --out "$OUT/fused-ort-$provider" --provider "$provider" --quiet
   fi
 done

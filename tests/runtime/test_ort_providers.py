@@ -108,3 +108,10 @@ def test_without_onnxruntime_the_error_says_which_flavour_to_add(tmp_path: Path)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "ONNX Runtime is not installed" in out
     assert "fuse-ctmri[cpu]" in out and "fuse-ctmri[gpu-cu12]" in out and "model.onnx" in out
+
+
+def test_fuse_export_without_onnxruntime_says_which_flavour_to_add() -> None:
+    code = "import sys; sys.modules['onnxruntime'] = None\nimport fuse_export\n"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode != 0 and "fuse-export needs ONNX Runtime" in result.stderr
+    assert "fuse-ctmri[cpu]" in result.stderr
