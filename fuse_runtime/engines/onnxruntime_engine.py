@@ -54,8 +54,9 @@ PROVIDERS: dict[str, str] = {
     "cuda": "CUDAExecutionProvider",
     "cpu": "CPUExecutionProvider",
 }
-#: What ``auto`` tries, best first. TensorRT is left to ``.plan`` files (built once by fuse-export)
-#: because the TensorRT provider would rebuild an engine at every start.
+#: What ``auto`` tries, best first. TensorRT is left to ``.plan`` files (built once by fuse-export and
+#: parity-checked there) and to an explicit ``--provider tensorrt``, whose first start builds an engine
+#: (later starts reuse it from the cache beside the model).
 AUTO_ORDER = ("cuda", "cpu")
 #: Folder beside the model holding the TensorRT provider's engine and timing caches.
 TRT_CACHE_DIR = "ort-tensorrt-cache"
