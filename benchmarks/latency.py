@@ -18,7 +18,7 @@ Backends, each measured in a fresh process so its peak resident memory is its ow
 * ``onnxruntime-cpu`` / ``onnxruntime-cuda``: ``fuse_runtime.engines`` on every ``--onnx`` file
   (one set of rows per file, labelled with its name); with only a checkpoint, ``model.onnx`` is
   exported from it with ``fuse_export.pipeline.run_export``;
-* ``openvino-cpu``: the OpenVINO engine (``fuse[openvino]``) on every ``--onnx`` file: bf16 where the
+* ``openvino-cpu``: the OpenVINO engine (``fuse-ctmri[openvino]``) on every ``--onnx`` file: bf16 where the
   CPU computes it natively (AVX512-BF16/AMX), else f32; an INT8 QDQ file runs OpenVINO's int8 kernels;
 * ``tensorrt``: ``fuse_runtime.engines`` on ``--engine model.plan``, GPU only;
 * ``fuse-run`` / ``fuse-run-openvino``: the serving CLI end to end (read → preprocess → infer →
@@ -520,13 +520,13 @@ class _Run:
             import onnxruntime
 
             if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
-                return "this onnxruntime has no CUDAExecutionProvider (pip install 'fuse[gpu]' on a GPU machine)"
+                return "this onnxruntime has no CUDAExecutionProvider (pip install 'fuse-ctmri[gpu-cu12]' (CUDA 13 driver: [gpu-cu13]) on a GPU machine)"
         if backend in ("onnxruntime-cuda", "tensorrt") and not self.gpu:
             return "no NVIDIA GPU visible (nvidia-smi lists none)"
         if backend == "tensorrt" and not _has_module("tensorrt"):
-            return "TensorRT is not installed (pip install 'fuse[gpu]')"
+            return "TensorRT is not installed (pip install 'fuse-ctmri[gpu-cu12]' (CUDA 13 driver: [gpu-cu13]))"
         if backend in ("openvino-cpu", "fuse-run-openvino") and not _has_module("openvino"):
-            return "OpenVINO is not installed (pip install 'fuse[openvino]')"
+            return "OpenVINO is not installed (pip install 'fuse-ctmri[openvino]')"
         return None
 
     def _worker_rows(self, backend: str, model: Path | None, artifact: _Artifact | None) -> list[Row]:

@@ -65,6 +65,7 @@ from fuse_export.parity import (
 )
 from fuse_runtime.atomic import atomic_path
 from fuse_runtime.errors import FuseError
+from fuse_runtime.install import GPU_INSTALL
 from fuse_runtime.manifest import (
     FORMAT_VERSION,
     INPUT_FIRST,
@@ -248,6 +249,7 @@ def build_plan(ctx: ExportContext) -> None:
         "workspace_bytes": engine.workspace_bytes,
         "timing_cache": engine.timing_cache,
         "timing_cache_reused": engine.timing_cache_reused,
+        "tf32": engine.tf32,
     }
     ctx.add(
         Artifact(MODEL_PLAN, ctx.stage / MODEL_PLAN, time.perf_counter() - started, FP16, details),
@@ -289,8 +291,8 @@ def check_fp16(ctx: ExportContext) -> list[Comparison]:
 def check_plan(ctx: ExportContext) -> list[Comparison]:
     from fuse_export import tensorrt_build
 
-    plan = ctx.artifacts[MODEL_PLAN].path
-    return [ctx.compare("tensorrt-fp16", FP16, lambda ct, mri: tensorrt_build.run_engine(plan, ct, mri))]
+    with tensorrt_build.PlanRunner(ctx.artifacts[MODEL_PLAN].path) as runner:  # one deserialisation, own stream
+        return [ctx.compare("tensorrt-fp16", FP16, runner)]
 
 
 def check_int8(ctx: ExportContext) -> list[Comparison]:
@@ -363,7 +365,7 @@ def gpu_missing() -> str | None:
     try:
         from fuse_export import tensorrt_build  # noqa: F401
     except ImportError as error:
-        return f"TensorRT is not installed here ({error}; pip install 'fuse[gpu]')"
+        return f"TensorRT is not installed here ({error}; {GPU_INSTALL})"
     return None
 
 

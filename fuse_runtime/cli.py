@@ -4,7 +4,7 @@ Exit status: 0 when every pair was fused or skipped, 1 when any pair failed (eac
 output and in OUT/report.json), 2 for a usage error (bad option, missing or unusable engine, input
 folder missing, output folder not writable, Ray missing or unreachable), 130 when interrupted.
 
-``--ray`` runs the same work on a Ray cluster (``fuse_runtime.distributed``, the ``fuse[distributed]``
+``--ray`` runs the same work on a Ray cluster (``fuse_runtime.distributed``, the ``fuse-ctmri[distributed]``
 extra); Ray is imported only then.
 """
 
@@ -77,8 +77,13 @@ _DEFAULTS = RunOptions()
     help="Inference library. auto: TensorRT for .plan; for .onnx OpenVINO bf16 on a CPU-only machine whose CPU "
     "has AVX512-BF16/AMX when OpenVINO is installed and no --provider is named (about 4x faster there at the "
     "same fusion metrics), else ONNX Runtime; the choice and why are printed as a note. openvino: OpenVINO "
-    "on the CPU (pip install 'fuse[openvino]'; bf16 where the CPU has AVX512-BF16/AMX, else f32; reads "
+    "on the CPU (pip install 'fuse-ctmri[openvino]'; bf16 where the CPU has AVX512-BF16/AMX, else f32; reads "
     "model.onnx or model.int8.onnx). onnxruntime / tensorrt: force that library.",
+)
+@click.option(
+    "--device", type=click.IntRange(min=0), default=0, show_default=True,
+    help="CUDA device index for a .plan and for ONNX Runtime's CUDA/TensorRT providers (nvidia-smi lists them). "
+    "Ignored on the CPU and with --ray (Ray gives each actor its own GPU).",
 )
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs [default: skip them, so a re-run resumes].")
 @click.option(
@@ -98,7 +103,7 @@ _DEFAULTS = RunOptions()
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option(
     "--ray", "ray_address", is_flag=False, flag_value=RAY_LOCAL, default=None, metavar="[ADDRESS]",
-    help="Run on a Ray cluster with Ray Data (needs the fuse[distributed] extra): same outputs and report. "
+    help="Run on a Ray cluster with Ray Data (needs the fuse-ctmri[distributed] extra): same outputs and report. "
     "--ray alone: the Ray running on this machine, else a new local one; --ray auto: the cluster this machine "
     "joined with `ray start`; --ray HOST:PORT (head node) or ray://HOST:10001 (Ray Client). Every node must see "
     "--engine, --in and --out at the same paths. [default: no Ray, run here]",
@@ -113,6 +118,7 @@ def main(
     threads: int | None,
     provider: str,
     backend: str,
+    device: int,
     overwrite: bool,
     metrics: bool,
     preview: bool,
@@ -154,7 +160,9 @@ def main(
             ray_options = RayOptions(address=address, provider=provider, threads=threads)
             report = run_on_ray(engine_path, in_dir, out_dir, options, ray_options, on_engine=announce)
         else:
-            with open_engine(engine_path, provider=provider, threads=threads, backend=backend) as engine:
+            with open_engine(
+                engine_path, provider=provider, threads=threads, backend=backend, device=device
+            ) as engine:
                 announce(engine)
                 report = run(engine, in_dir, out_dir, options)
     except FuseError as error:

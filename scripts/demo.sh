@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
-.venv/bin/pip install -q -e '.[train]'
+.venv/bin/pip install -q -c constraints.txt -e '.[train,cpu]'
 OUT="demo-out/$(date +%Y%m%d-%H%M%S)"
 echo "== writing sample phantoms to $OUT/samples"
 .venv/bin/python -m fuse_runtime.phantoms "$OUT/samples"

@@ -21,7 +21,7 @@ if [ -e "$OUT" ]; then
 fi
 if [ ! -x "$PY" ]; then
   python3 -m venv .venv
-  .venv/bin/pip install -q -e '.[train]'
+  .venv/bin/pip install -q -c constraints.txt -e '.[train,cpu]'
 fi
 mkdir -p "$OUT"
 start=$(date +%s)

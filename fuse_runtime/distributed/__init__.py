@@ -1,4 +1,4 @@
-"""Scale-out batch fusion: ``fuse-run --ray`` on a Ray cluster (install the ``fuse[distributed]`` extra).
+"""Scale-out batch fusion: ``fuse-run --ray`` on a Ray cluster (install the ``fuse-ctmri[distributed]`` extra).
 
 Importing this package does not import Ray; ``run_on_ray`` does, and says how to install it when
 it is missing.

@@ -76,7 +76,7 @@ from fuse_runtime.scan import Scan
 
 __all__ = ["EngineInfo", "RayOptions", "run_on_ray"]
 
-INSTALL_HINT = "install it with: pip install 'fuse[distributed]'"
+INSTALL_HINT = "install it with: pip install 'fuse-ctmri[distributed]'"
 #: Ray Data settings for a run (restored afterwards): fuse-run shows its own progress bar, and a block
 #: lost to a dead worker fails only the pairs in it (they are reported) instead of the whole run.
 DATA_SETTINGS: dict[str, Any] = {

@@ -33,7 +33,9 @@ PROVIDER_CHOICES = ("auto", "cpu", "cuda", "tensorrt")
 BACKEND_CHOICES = ("auto", "onnxruntime", "openvino", "tensorrt")
 
 
-def open_engine(path: str | Path, provider: str = "auto", threads: int | None = None, backend: str = "auto") -> Engine:
+def open_engine(
+    path: str | Path, provider: str = "auto", threads: int | None = None, backend: str = "auto", device: int = 0
+) -> Engine:
     """Load ``model.onnx`` (ONNX Runtime) or ``model.plan`` (TensorRT) as an Engine.
 
     provider: for ``.onnx`` — ``auto``, ``cpu``, ``cuda`` or ``tensorrt`` (ONNX Runtime execution
@@ -42,6 +44,7 @@ def open_engine(path: str | Path, provider: str = "auto", threads: int | None = 
     threads: CPU threads for ONNX Runtime or OpenVINO (None: the library's default).
     backend: ``auto`` (see :func:`choose_backend`), ``onnxruntime``, ``openvino`` (``.onnx`` on the
         CPU, bf16 where the CPU has it natively; see ``OpenVinoEngine``) or ``tensorrt`` (a ``.plan``).
+    device: CUDA device index for TensorRT and ONNX Runtime's CUDA/TensorRT providers.
     Raises FuseError for a missing, unreadable or incompatible model, or a backend that cannot run it.
     """
     path = Path(path)
@@ -70,7 +73,7 @@ def open_engine(path: str | Path, provider: str = "auto", threads: int | None = 
         if engine is None:
             from fuse_runtime.engines.onnxruntime_engine import OnnxRuntimeEngine
 
-            engine = OnnxRuntimeEngine(path, provider=provider, threads=threads)
+            engine = OnnxRuntimeEngine(path, provider=provider, threads=threads, device=device)
         if why is not None:
             engine.notices.insert(0, why)
         return engine
@@ -82,7 +85,7 @@ def open_engine(path: str | Path, provider: str = "auto", threads: int | None = 
             )
         from fuse_runtime.engines.tensorrt_engine import TensorRTEngine
 
-        return TensorRTEngine(path)
+        return TensorRTEngine(path, device=device)
     raise FuseError(
         f"unknown engine type {path.suffix!r}; pass a .onnx or .plan file written by fuse-export", path
     )
@@ -100,9 +103,11 @@ def choose_backend(provider: str = "auto", cpuinfo: str | Path | None = None) ->
 
     if provider != "auto":
         return "onnxruntime", None
-    import onnxruntime
-
-    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+    try:
+        import onnxruntime
+    except ImportError:  # no ONNX Runtime flavour installed: OpenVINO may still run the model
+        onnxruntime = None
+    if onnxruntime is not None and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
         return "onnxruntime", None
     native, reason = native_bf16(CPUINFO if cpuinfo is None else cpuinfo)
     if not native:
@@ -110,7 +115,7 @@ def choose_backend(provider: str = "auto", cpuinfo: str | Path | None = None) ->
     if importlib.util.find_spec("openvino") is None:
         return "onnxruntime", (
             f"backend auto: ONNX Runtime; {reason}, where OpenVINO runs it in bf16 about 4x faster "
-            "(measured on a 2-core AMX Xeon, same fusion metrics): pip install 'fuse[openvino]'"
+            "(measured on a 2-core AMX Xeon, same fusion metrics): pip install 'fuse-ctmri[openvino]'"
         )
     return "openvino", (
         f"backend auto: OpenVINO, because {reason} and OpenVINO is installed (about 4x ONNX Runtime FP32 "

@@ -2,7 +2,7 @@
 
 OpenVINO reads the ONNX file written by fuse-export directly (no conversion step, no extra
 artifact), including the QDQ INT8 graph, whose QuantizeLinear/DequantizeLinear pairs it fuses into
-its own integer kernels. ``openvino`` is an optional extra (``pip install 'fuse[openvino]'``) and is
+its own integer kernels. ``openvino`` is an optional extra (``pip install 'fuse-ctmri[openvino]'``) and is
 imported only when this engine is opened.
 
 Precision: OpenVINO's CPU plugin computes in bf16 when asked through ``INFERENCE_PRECISION_HINT``
@@ -41,7 +41,7 @@ from fuse_runtime.preprocess import PreprocessConfig
 Precision = Literal["auto", "f32", "bf16"]
 PRECISIONS = ("auto", "f32", "bf16")
 DEVICE = "CPU"
-INSTALL_HINT = "install it with pip install 'fuse[openvino]', or use --backend onnxruntime"
+INSTALL_HINT = "install it with pip install 'fuse-ctmri[openvino]', or use --backend onnxruntime"
 
 
 class OpenVinoEngine(Engine):

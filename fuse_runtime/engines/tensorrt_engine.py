@@ -19,7 +19,9 @@ from typing import Any
 import numpy as np
 
 from fuse_runtime.engines.base import Engine, check_image_size, find_manifest
+from fuse_runtime.engines.nvidia import TENSORRT_FIX, shared_logger, versions_text
 from fuse_runtime.errors import FuseError
+from fuse_runtime.install import GPU_INSTALL
 from fuse_runtime.manifest import INPUT_FIRST, INPUT_SECOND, OUTPUT, Manifest
 
 REBUILD_HINT = (
@@ -61,7 +63,7 @@ class TensorRTEngine(Engine):
         self._engine = self._deserialize()
         self._context = self._engine.create_execution_context()
         if self._context is None:
-            raise FuseError("TensorRT could not create an execution context (out of GPU memory?)", self.path)
+            raise self._failure("TensorRT could not create an execution context (out of GPU memory?)")
         self._check_signature()
         profile_min, _, profile_max = self._engine.get_tensor_profile_shape(INPUT_FIRST, 0)
         self.batch_range = (int(profile_min[0]), int(profile_max[0]))
@@ -94,7 +96,7 @@ class TensorRTEngine(Engine):
                 )
             )
         if not self._context.execute_async_v3(int(self._stream)):
-            raise FuseError("TensorRT failed to run the batch (see the TensorRT log above)", self.path)
+            raise self._failure("TensorRT failed to run the batch (see the TensorRT log above)")
         out = self._buffers[OUTPUT]
         self._call(
             cudart.cudaMemcpyAsync(
@@ -155,10 +157,26 @@ class TensorRTEngine(Engine):
                 "rebuild on this GPU for the best speed"
             )
 
+    def _failure(self, what: str) -> FuseError:
+        """FuseError naming what failed, the driver/CUDA/TensorRT versions and the fix."""
+        return FuseError(f"{what} ({versions_text(self._trt.__version__, self._cuda_runtime(), self._device)}); "
+                         f"{TENSORRT_FIX}", self.path)
+
+    def _cuda_runtime(self) -> str | None:
+        try:
+            error, version = self._cudart.cudaRuntimeGetVersion()
+        except Exception:  # a broken CUDA install: the message says unknown
+            return None
+        return f"{int(version) // 1000}.{int(version) % 1000 // 10}" if int(error) == 0 else None
+
     def _deserialize(self) -> Any:
         trt = self._trt
-        self._logger = trt.Logger(trt.Logger.WARNING)
-        self._runtime = trt.Runtime(self._logger)
+        try:
+            self._runtime = trt.Runtime(shared_logger(trt))
+        except (TypeError, RuntimeError) as error:
+            raise self._failure(f"the TensorRT runtime cannot start: {error}") from None
+        if self._runtime is None:
+            raise self._failure("the TensorRT runtime cannot start")
         try:
             data = self.path.read_bytes()
         except OSError as error:
@@ -167,7 +185,8 @@ class TensorRTEngine(Engine):
         if engine is None:
             raise FuseError(
                 "TensorRT could not load the plan: it is damaged or was built for another GPU or "
-                f"TensorRT version; {REBUILD_HINT}",
+                f"TensorRT version ({versions_text(trt.__version__, self._cuda_runtime(), self._device)} here); "
+                f"{REBUILD_HINT}",
                 self.path,
             )
         return engine
@@ -210,7 +229,7 @@ class TensorRTEngine(Engine):
         if int(error) != 0:
             _, text = self._cudart.cudaGetErrorString(error)
             message = text.decode() if isinstance(text, bytes) else str(text)
-            raise FuseError(f"CUDA error {int(error)} ({message}); check the GPU and its driver", self.path)
+            raise self._failure(f"CUDA error {int(error)} ({message})")
         if not values:
             return None
         return values[0] if len(values) == 1 else tuple(values)
@@ -221,8 +240,7 @@ def _import_backends(path: Path) -> tuple[Any, Any]:
         import tensorrt as trt
     except ImportError:
         raise FuseError(
-            "TensorRT is not installed, so a .plan cannot be run here; install the gpu extra "
-            "(pip install 'fuse[gpu]') or run model.onnx instead",
+            f"TensorRT is not installed, so a .plan cannot be run here: {GPU_INSTALL}; or run model.onnx instead",
             path,
         ) from None
     try:
@@ -232,7 +250,7 @@ def _import_backends(path: Path) -> tuple[Any, Any]:
             from cuda import cudart
         except ImportError:
             raise FuseError(
-                "the CUDA Python bindings are missing; install them with pip install 'fuse[gpu]'", path
+                f"the CUDA Python bindings are missing: {GPU_INSTALL}", path
             ) from None
     return trt, cudart
 

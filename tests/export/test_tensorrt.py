@@ -1,12 +1,13 @@
 """TensorRT FP16 engines built from the exported FP16 ONNX, run on the GPU and compared to PyTorch.
 
 Real builds and runs at 64 px with a batch profile of 1..4; they skip with the reason on machines
-without a CUDA GPU or without TensorRT (``pip install 'fuse[gpu]'``).
+without a CUDA GPU or without TensorRT (``pip install 'fuse-ctmri[gpu-cu12]' (CUDA 13 driver: [gpu-cu13])``).
 """
 
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -27,7 +28,7 @@ def _missing() -> str | None:
     if not torch.cuda.is_available():
         return "no CUDA GPU visible (torch.cuda.is_available() is False)"
     if importlib.util.find_spec("tensorrt") is None:
-        return "TensorRT is not installed; pip install 'fuse[gpu]'"
+        return "TensorRT is not installed; pip install 'fuse-ctmri[gpu-cu12]' (CUDA 13 driver: [gpu-cu13])"
     return None
 
 
@@ -60,7 +61,10 @@ def test_engine_is_strongly_typed_and_records_the_gpu(engine):
     assert build.typing == "strongly-typed"
     assert build.gpu["name"] == torch.cuda.get_device_name(0)
     assert build.gpu["compute_capability"] == "{}.{}".format(*torch.cuda.get_device_capability(0))
-    assert cache.is_file() and cache.stat().st_size > 0 and not build.timing_cache_reused
+    used = Path(build.timing_cache)
+    assert used.is_file() and used.stat().st_size > 0 and not build.timing_cache_reused
+    assert used.name == f"timing-trt{build.tensorrt_version}-sm{build.gpu['compute_capability']}.cache"
+    assert build.tf32 is False
 
 
 @pytest.mark.parametrize("batch", [1, 3, 4])

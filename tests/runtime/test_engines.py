@@ -145,7 +145,7 @@ HAS_ORT_CUDA = PROVIDERS["cuda"] in ort.get_available_providers()
         ("cpu", AMX, "onnxruntime", None),
         ("cuda", AMX, "onnxruntime", None),
         ("auto", AMX, "openvino" if HAS_OPENVINO and not HAS_ORT_CUDA else "onnxruntime",
-         None if HAS_ORT_CUDA else "backend auto: OpenVINO" if HAS_OPENVINO else "pip install 'fuse[openvino]'"),
+         None if HAS_ORT_CUDA else "backend auto: OpenVINO" if HAS_OPENVINO else "pip install 'fuse-ctmri[openvino]'"),
     ],
 )
 def test_auto_backend_follows_the_cpu_and_the_provider(provider: str, cpuinfo: str, expected: str, words) -> None:
@@ -242,7 +242,7 @@ def test_tensorrt_release_ignores_the_build_number() -> None:
 @pytest.fixture(scope="module")
 def tensorrt_plan(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if importlib.util.find_spec("tensorrt") is None:
-        pytest.skip("TensorRT is not installed (pip install 'fuse[gpu]' on a machine with an NVIDIA GPU)")
+        pytest.skip("TensorRT is not installed (pip install 'fuse-ctmri[gpu-cu12]' (CUDA 13 driver: [gpu-cu13]) on a machine with an NVIDIA GPU)")
     import torch
 
     if not torch.cuda.is_available():

@@ -256,7 +256,7 @@ def test_runtime_and_cli_import_without_ray() -> None:
 def test_help_explains_ray() -> None:
     result = CliRunner().invoke(main, ["--help"])
     assert result.exit_code == 0
-    assert "--ray [ADDRESS]" in result.output and "ray start" in result.output and "fuse[distributed]" in result.output
+    assert "--ray [ADDRESS]" in result.output and "ray start" in result.output and "fuse-ctmri[distributed]" in result.output
 
 
 def _files(folder: Path) -> list[str]:
