@@ -361,3 +361,18 @@ def _edge_preservation(g_x: np.ndarray, angle_x: np.ndarray, g_f: np.ndarray, an
     strength_term = QABF_TG / (1.0 + np.exp(QABF_KG * (relative - QABF_DG)))
     angle_term = QABF_TA / (1.0 + np.exp(QABF_KA * (orientation - QABF_DA)))
     return strength_term * angle_term
+
+
+def pair_metrics(ct: np.ndarray, mri: np.ndarray, fused: np.ndarray) -> dict[str, float | None]:
+    """Fusion metrics of one pair averaged over slices, on 8-bit values (what fuse-run reports).
+
+    ``ct``, ``mri``: normalised inputs ``[S,H,W]`` in [0,1] (what the model was given, at the native
+    size); ``fused``: the written 8-bit result ``[S,H,W,3]`` or ``[S,H,W]`` (luminance taken here).
+    Slices where a metric is undefined are left out of its mean (None when it is undefined on all).
+    """
+    per_slice = [evaluate(to_8bit(a), to_8bit(b), f.astype(np.float64)) for a, b, f in zip(ct, mri, fused)]
+    means: dict[str, float | None] = {}
+    for name in per_slice[0]:
+        finite = [v[name] for v in per_slice if v[name] is not None and np.isfinite(v[name])]
+        means[name] = float(np.mean(finite)) if finite else None
+    return means

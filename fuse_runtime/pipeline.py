@@ -13,15 +13,17 @@ for the disk:
 
 A failing pair (unreadable, unregistered, NaN, constant, write error) is recorded with its error
 and the rest goes on. Output paths come from the pair's name (relative path of its inputs) with
-unsafe characters replaced, never from DICOM tag text. An existing output is skipped unless
-``overwrite``, so a re-run after a crash resumes; leftovers of an interrupted run (hidden
-``.partial`` files) are removed at the start.
+unsafe characters replaced (``resume.output_base``: a function of the pair's name alone), never from
+DICOM tag text. A run holds the output folder's lock (``outlock``) from planning to its report; its
+temporary files carry its run id and those of earlier, dead runs are removed at the start. Each
+output's record says what made it (``resume``): a re-run skips an output only when its inputs, model
+and pixel options are the same, redoes it when they changed, and refuses a file it has no record of
+making unless ``overwrite``.
 """
 
 from __future__ import annotations
 
 import queue
-import re
 import threading
 import time
 from dataclasses import dataclass
@@ -31,10 +33,11 @@ from typing import Any, Literal, Protocol
 import numpy as np
 from tqdm import tqdm
 
-from fuse_runtime import writers
-from fuse_runtime.atomic import ensure_writable
+from fuse_runtime import resume, writers
+from fuse_runtime.atomic import ensure_writable, run_tag
 from fuse_runtime.engines.base import Engine
 from fuse_runtime.errors import FuseError
+from fuse_runtime.outlock import OutputLock, Owner, check_folders, new_run_id
 from fuse_runtime.pairing import Pair, PairProblem, find_pairs, load_pair
 from fuse_runtime.preprocess import (
     PreparedPair,
@@ -45,6 +48,7 @@ from fuse_runtime.preprocess import (
     restore_geometry,
 )
 from fuse_runtime.report import PairResult, RunReport, write_report
+from fuse_runtime.resume import PREVIEW_DIR, safe_relative_name
 from fuse_runtime.scan import Scan
 
 __all__ = ["FORMATS", "EngineSettings", "Job", "RunOptions", "RunPlan", "check_folders", "ensure_writable",
@@ -59,8 +63,6 @@ AUTO_FORMAT = {"image": "png", "dicom-file": "dicom", "dicom-series": "dicom", "
 FLAT_KINDS = ("image", "dicom-file")
 #: ``RunOptions.register``: None (resample by world coordinates when the grids differ) or rigid registration.
 REGISTER_CHOICES: tuple[str | None, ...] = (None, "rigid")
-PREVIEW_DIR = "preview"
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _POLL_SECONDS = 0.1
 PREFETCH_BATCHES = 2
 """Slices the engine stage holds ready, in batches: one running, one waiting."""
@@ -82,6 +84,7 @@ class RunOptions:
     progress: show a tqdm bar over slices.
     register: ``None`` (an MRI on another grid is resampled by world coordinates) or ``"rigid"``
         (registered to the CT first; the transform is written beside the output as ``.tfm``).
+    wait: when another run holds the output folder's lock, wait for it instead of refusing.
     """
 
     batch_size: int = 8
@@ -94,6 +97,7 @@ class RunOptions:
     gray: bool = False
     progress: bool = True
     register: str | None = None
+    wait: bool = False
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "workers", "queue_pairs"):
@@ -120,11 +124,15 @@ class Job:
     preview: Path | None
     result: PairResult
     started: float = 0.0
+    run_id: str = ""
+    identity: dict[str, Any] | None = None
 
 
 class EngineSettings(Protocol):
     """What planning a run needs to know about the engine (an ``Engine`` has all of it)."""
 
+    path: Any
+    preprocess: PreprocessConfig
     modalities: tuple[str, str]
     provider: str
     notices: list[str]
@@ -140,7 +148,8 @@ class RunPlan:
 
     ``results`` holds one PairResult per pair and per pairing problem (the jobs' own ``result``
     objects, so filling a job's result fills the report); ``todo`` are the jobs neither skipped nor
-    refused; ``batch_size`` is the requested one clamped to the engine's batch range.
+    refused; ``batch_size`` is the requested one clamped to the engine's batch range. ``lock`` is
+    the output folder's lock, held until ``release`` or the end of ``with plan:``.
     """
 
     out_dir: Path
@@ -148,6 +157,21 @@ class RunPlan:
     results: list[PairResult]
     todo: list[Job]
     batch_size: int
+    lock: OutputLock | None = None
+
+    @property
+    def run_id(self) -> str:
+        return self.report.run_id
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+
+    def __enter__(self) -> RunPlan:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 @dataclass(eq=False)
@@ -174,17 +198,18 @@ def run(engine: Engine, in_dir: str | Path, out_dir: str | Path, options: RunOpt
     Raises FuseError before any work when ``in_dir`` holds nothing recognisable or ``out_dir``
     cannot be written; everything that goes wrong with one pair is recorded in the report instead.
     """
-    plan = plan_run(engine, in_dir, out_dir, options)
-    started = time.perf_counter()
-    _Runner(engine, plan.todo, options, plan.batch_size, started).run()
-    return finish_run(plan, time.perf_counter() - started)
+    with plan_run(engine, in_dir, out_dir, options) as plan:
+        started = time.perf_counter()
+        _Runner(engine, plan.todo, options, plan.batch_size, started).run()
+        return finish_run(plan, time.perf_counter() - started)
 
 
 def plan_run(engine: EngineSettings, in_dir: str | Path, out_dir: str | Path, options: RunOptions) -> RunPlan:
-    """Everything before the first pixel: check the folders, find the pairs, plan outputs, skip finished ones.
+    """Everything before the first pixel: check the folders, lock ``out_dir``, find the pairs, plan outputs.
 
-    Removes the hidden partial files an interrupted run left in ``out_dir``. Raises FuseError when
-    ``in_dir`` holds nothing recognisable or ``out_dir`` cannot be written.
+    Takes the output folder's lock (release it with ``plan.release()``), removes the temporary files
+    of earlier, dead runs, and decides each output by its record (``resume.decide``). Raises FuseError
+    when ``in_dir`` holds nothing recognisable, ``out_dir`` cannot be written or another run holds it.
     """
     in_dir, out_dir = Path(in_dir), Path(out_dir)
     check_folders(in_dir, out_dir)
@@ -196,28 +221,26 @@ def plan_run(engine: EngineSettings, in_dir: str | Path, out_dir: str | Path, op
         provider=engine.provider,
         settings={"in": str(in_dir), "out": str(out_dir), "task": task, **options.to_dict()},
         notices=list(engine.notices),
+        run_id=new_run_id(),
     )
-    leftovers = writers.remove_partials(out_dir, keep_out=[in_dir])
-    if leftovers:
-        report.notices.append(f"removed {len(leftovers)} partial file(s) left by an interrupted run")
-    batch_size = _fit_batch(engine, options.batch_size, report.notices)
-    jobs = plan_jobs(pairing.pairs, out_dir, options)
+
+    def waiting(owner: Owner | None) -> None:
+        report.notices.append(f"waited for {owner.describe() if owner else 'another fuse-run'} to finish")
+
+    lock = OutputLock(out_dir, report.run_id, wait=options.wait, on_wait=waiting).acquire()
+    try:
+        leftovers = writers.remove_partials(out_dir, keep_out=[in_dir], keep_run=report.run_id)
+        if leftovers:
+            report.notices.append(f"removed {len(leftovers)} partial file(s) left by an interrupted run")
+        batch_size = _fit_batch(engine, options.batch_size, report.notices)
+        jobs = plan_jobs(pairing.pairs, out_dir, options)
+        model = {"sha256": resume.model_sha256(engine.path)}
+    except BaseException:
+        lock.release()
+        raise
     results = [job.result for job in jobs] + [_problem_result(p) for p in pairing.problems]
-    todo = []
-    resolved_in = in_dir.resolve()
-    for job in jobs:
-        if job.result.status == "failed":
-            continue
-        if resolved_in in job.output.resolve().parents:
-            job.result.status = "failed"
-            job.result.error = f"its output {job.output} would land inside the input folder; choose another --out"
-        elif job.output.exists() and not options.overwrite:
-            job.result.status = "skipped"
-            job.result.outputs = [str(job.output)]
-            job.result.error = "output exists; pass --overwrite to replace it"
-        else:
-            todo.append(job)
-    return RunPlan(out_dir, report, results, todo, batch_size)
+    todo = [job for job in jobs if resume.plan_job(job, in_dir, model, engine.preprocess, options, report.run_id)]
+    return RunPlan(out_dir, report, results, todo, batch_size, lock)
 
 
 def finish_run(plan: RunPlan, wall_seconds: float) -> RunReport:
@@ -225,7 +248,8 @@ def finish_run(plan: RunPlan, wall_seconds: float) -> RunReport:
     report = plan.report
     report.wall_seconds = wall_seconds
     report.pairs = sorted(plan.results, key=lambda r: r.name)
-    write_report(plan.out_dir, report)
+    with run_tag(plan.run_id):
+        write_report(plan.out_dir, report)
     return report
 
 
@@ -288,19 +312,23 @@ def write_pair(
     """
     result = job.result
     try:
-        restored = restore_geometry(fused, restore)
-        images = writers.to_display(restored, gray=options.gray)
-        _write_output(job, images, ct, engine_description, restored)
-        result.outputs = [str(job.output)]
-        _record_alignment(job, ct)
-        if native is not None:
-            ct_native, mri_native = native
-            if options.preview and job.preview is not None:
-                middle = len(images) // 2
-                writers.write_preview(job.preview, ct_native[middle], mri_native[middle], images[middle])
-                result.outputs.append(str(job.preview))
-            if options.metrics:
-                result.metrics = pair_metrics(ct_native, mri_native, images)
+        with run_tag(job.run_id):
+            resume.write_record(job.output, job.identity, job.run_id, "writing")
+            restored = restore_geometry(fused, restore)
+            images = writers.to_display(restored, gray=options.gray)
+            _write_output(job, images, ct, engine_description, restored)
+            result.outputs = [str(job.output)]
+            _record_alignment(job, ct)
+            if native is not None:
+                ct_native, mri_native = native
+                if options.preview and job.preview is not None:
+                    middle = len(images) // 2
+                    writers.write_preview(job.preview, ct_native[middle], mri_native[middle], images[middle])
+                    result.outputs.append(str(job.preview))
+                if options.metrics:
+                    result.metrics = pair_metrics(ct_native, mri_native, images)
+            resume.write_record(job.output, job.identity, job.run_id, "done", slices=int(fused.shape[0]),
+                                metrics=result.metrics, outputs=result.outputs, alignment=result.alignment)
         result.status = "ok"
     except FuseError as error:
         result.status, result.error = "failed", str(error)
@@ -311,18 +339,18 @@ def write_pair(
 
 
 def plan_jobs(pairs: list[Pair], out_dir: Path, options: RunOptions) -> list[Job]:
-    """Decide each pair's output path: ``OUT/<sanitised pair name>`` plus the format's suffix.
+    """Decide each pair's output path: ``OUT/<resume.output_base(pair name)>`` plus the format's suffix.
 
     Flat pairs (2-D images, single DICOM files) give one file (``.png``, ``.dcm``, ``.nii.gz``);
-    volumes give a folder of slices (PNG, DICOM) or one ``.nii.gz``. Names that collide after
-    sanitising get ``-2``, ``-3``... in input order. A pair whose output would lie inside another
-    pair's output folder (or hold one) is marked failed: writing it would clobber the other.
+    volumes give a folder of slices (PNG, DICOM) or one ``.nii.gz``. The name depends on the pair
+    alone, never on the other pairs. A pair whose output would be another's (names differing only in
+    case), lie inside another pair's output folder or hold one is marked failed: writing it would
+    clobber the other.
     """
-    used: set[str] = set()
-    folders: dict[str, str] = {}
+    taken: dict[str, tuple[str, bool]] = {}
     jobs = []
     for index, pair in enumerate(pairs):
-        base = _unique(safe_relative_name(pair.name), used)
+        base = resume.output_base(pair.name)
         fmt = AUTO_FORMAT[pair.kind] if options.output_format == "auto" else options.output_format
         flat = pair.kind in FLAT_KINDS
         if fmt == "nifti":
@@ -333,13 +361,17 @@ def plan_jobs(pairs: list[Pair], out_dir: Path, options: RunOptions) -> list[Job
             output, single = out_dir / base, False
         preview = out_dir / PREVIEW_DIR / f"{base}.png" if options.preview else None
         result = PairResult(name=pair.name, inputs=[str(pair.first), str(pair.second)])
-        key = base.lower()
-        clash = next((name for folder, name in folders.items() if _nested(key, folder)), None)
-        if clash is not None:
+        key = output.relative_to(out_dir).as_posix().lower()
+        same = taken.get(key)
+        clash = next((name for other, (name, folder) in taken.items() if (folder or not single) and _nested(key, other)), None)
+        if same is not None:
+            result.status = "failed"
+            result.error = f"its output {output} is also that of pair {same[0]!r} (the names differ only in case); rename one"
+        elif clash is not None:
             result.status = "failed"
             result.error = f"its output {output} would overlap the output folder of pair {clash!r}; rename one of them"
-        elif not single:
-            folders[key] = pair.name
+        else:
+            taken[key] = (pair.name, not single)
         jobs.append(Job(index, pair, output, fmt, single, preview, result))
     return jobs
 
@@ -347,36 +379,6 @@ def plan_jobs(pairs: list[Pair], out_dir: Path, options: RunOptions) -> list[Job
 def _nested(a: str, b: str) -> bool:
     """True when relative path ``a`` lies inside ``b`` or ``b`` inside ``a`` (or they are equal)."""
     return a == b or a.startswith(b + "/") or b.startswith(a + "/")
-
-
-def safe_relative_name(name: str) -> str:
-    """A pair name as a safe relative path: ``[A-Za-z0-9._-]`` per component, no hidden or ``..`` parts.
-
-    A leading ``preview/`` is moved aside (``_preview/``) because ``OUT/preview/`` holds the previews.
-    """
-    parts = []
-    for part in name.replace("\\", "/").split("/"):
-        clean = _UNSAFE.sub("_", part).lstrip(".")
-        if clean:
-            parts.append(clean)
-    if not parts:
-        parts = ["pair"]
-    if parts[0] == PREVIEW_DIR and len(parts) > 1:
-        parts[0] = f"_{PREVIEW_DIR}"
-    return "/".join(parts)
-
-
-def check_folders(in_dir: Path, out_dir: Path) -> None:
-    """Refuse a missing input folder and an output folder inside (or equal to) the input folder."""
-    if not in_dir.is_dir():
-        raise FuseError("input folder not found; pass the folder holding the scans with --in", in_dir)
-    resolved_in, resolved_out = in_dir.resolve(), out_dir.resolve()
-    if resolved_out == resolved_in or resolved_in in resolved_out.parents:
-        raise FuseError(
-            f"the output folder is inside the input folder {in_dir}; results would be read back as inputs "
-            "next time. Choose an --out outside --in",
-            out_dir,
-        )
 
 
 class _Runner:
@@ -530,20 +532,10 @@ class _Runner:
 
 
 def pair_metrics(ct: np.ndarray, mri: np.ndarray, fused: np.ndarray) -> dict[str, float]:
-    """Fusion metrics averaged over slices, on 8-bit values.
-
-    ``ct``, ``mri``: normalised inputs ``[S,H,W]`` in [0,1] (what the model was given, at the native
-    size); ``fused``: the written 8-bit result ``[S,H,W,3]`` or ``[S,H,W]`` (luminance taken by the
-    metrics module). Slices where a metric is undefined are left out of its mean.
-    """
+    """``metrics.pair_metrics``: fusion metrics averaged over slices, on 8-bit values (imported when used)."""
     from fuse_runtime import metrics
 
-    per_slice = [
-        metrics.evaluate(metrics.to_8bit(a), metrics.to_8bit(b), f.astype(np.float64))
-        for a, b, f in zip(ct, mri, fused)
-    ]
-    names = per_slice[0].keys()
-    return {name: _finite_mean([values[name] for values in per_slice]) for name in names}
+    return metrics.pair_metrics(ct, mri, fused)
 
 
 def _write_output(job: Job, images: np.ndarray, ct: Scan, engine_description: str, restored: np.ndarray) -> None:
@@ -591,16 +583,3 @@ def _problem_result(problem: PairProblem) -> PairResult:
     return PairResult(
         name=problem.name, inputs=[str(p) for p in problem.paths], status="failed", error=problem.reason
     )
-
-
-def _unique(base: str, used: set[str]) -> str:
-    candidate, counter = base, 2
-    while candidate.lower() in used:
-        candidate, counter = f"{base}-{counter}", counter + 1
-    used.add(candidate.lower())
-    return candidate
-
-
-def _finite_mean(values: list[float]) -> float | None:
-    finite = [v for v in values if v is not None and np.isfinite(v)]
-    return float(np.mean(finite)) if finite else None

@@ -6,10 +6,17 @@ reading to the end of its writing, the fusion metrics when asked for, and how th
 CT's grid (``alignment``: method same-grid / world / rigid, overlap fraction, registration metric
 before and after, the transform file). Totals: pairs by status,
 slices, wall time in seconds and the throughput in pairs/s and slices/s.
+
+History: every run writes ``OUT/reports/<run id>.json`` and ``OUT/report.json`` (the latest, same
+content); a ``report.json`` that has no copy under ``reports/`` (written by an older fuse) is kept
+there before it is replaced, so no run's report is lost. A skipped pair carries the slices and
+metrics that the run which made its output recorded, and ``made_by`` names that run.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -18,6 +25,7 @@ from fuse_runtime.atomic import write_json_atomic
 
 Status = Literal["ok", "skipped", "failed"]
 REPORT_NAME = "report.json"
+HISTORY_DIR = "reports"
 
 
 @dataclass
@@ -33,6 +41,8 @@ class PairResult:
     seconds: float = 0.0
     metrics: dict[str, float] | None = None
     alignment: dict[str, Any] | None = None
+    note: str | None = None
+    made_by: str | None = None
 
 
 @dataclass
@@ -45,6 +55,7 @@ class RunReport:
     pairs: list[PairResult] = field(default_factory=list)
     wall_seconds: float = 0.0
     notices: list[str] = field(default_factory=list)
+    run_id: str = ""
 
     @property
     def counts(self) -> dict[str, int]:
@@ -73,6 +84,7 @@ class RunReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "run_id": self.run_id,
             "engine": self.engine,
             "provider": self.provider,
             "settings": self.settings,
@@ -92,7 +104,30 @@ class RunReport:
 
 
 def write_report(out_dir: str | Path, report: RunReport) -> Path:
-    """Write ``out_dir/report.json`` atomically and return its path."""
-    path = Path(out_dir) / REPORT_NAME
-    write_json_atomic(path, report.to_dict())
+    """Write ``out_dir/reports/<run id>.json`` and ``out_dir/report.json`` atomically; return the latter.
+
+    An earlier ``report.json`` without its copy under ``reports/`` is moved there first.
+    """
+    out_dir = Path(out_dir)
+    path, history = out_dir / REPORT_NAME, out_dir / HISTORY_DIR
+    data = report.to_dict()
+    _keep_previous(path, history)
+    if report.run_id:
+        write_json_atomic(history / f"{report.run_id}.json", data)
+    write_json_atomic(path, data)
     return path
+
+
+def _keep_previous(path: Path, history: Path) -> None:
+    try:
+        previous = json.loads(path.read_text())
+    except (OSError, ValueError):
+        previous = None
+    if not path.exists():
+        return
+    run_id = previous.get("run_id") if isinstance(previous, dict) else None
+    if run_id and (history / f"{run_id}.json").exists():
+        return
+    history.mkdir(parents=True, exist_ok=True)
+    name = run_id or f"earlier-{path.stat().st_mtime_ns}"
+    os.replace(path, history / f"{name}.json")

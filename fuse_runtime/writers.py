@@ -44,15 +44,13 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import SecondaryCaptureImageStorage, generate_uid
 
-from fuse_runtime.atomic import atomic_path
+from fuse_runtime.atomic import PARTIAL_MARKER, atomic_path, current_umask, remove_run_partials, temp_prefix
 from fuse_runtime.errors import FuseError
 from fuse_runtime.io.dicom import STUDY_KEYWORDS, new_dataset
 from fuse_runtime.io.nifti import RAS_TO_LPS, RGB24, write_like
 from fuse_runtime.metrics import BT601_WEIGHTS
 from fuse_runtime.scan import Scan
 
-#: Marker in the names of temporary files and staging folders (see ``atomic_path``).
-PARTIAL_MARKER = ".partial"
 PNG_SLICE_NAME = "slice_{index:05d}.png"
 DICOM_SLICE_NAME = "IM_{index:05d}.dcm"
 #: DICOM tags copied from the CT onto the fused series (patient, study, frame of reference).
@@ -202,17 +200,20 @@ def write_preview(path: str | Path, ct: np.ndarray, mri: np.ndarray, fused: np.n
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a hidden staging folder beside ``path``; on success it replaces ``path`` as a whole.
 
-    An existing ``path`` is swapped out and removed only after the new folder is in place; on
-    failure the staging folder is removed and ``path`` is untouched.
+    The folder gets the permissions of one made with ``mkdir`` (the user's umask), not
+    ``mkdtemp``'s 0700. An existing ``path`` is swapped out and removed only after the new folder is
+    in place; on failure the staging folder is removed and ``path`` is untouched.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=f"{PARTIAL_MARKER}-dir", dir=path.parent))
+    prefix = temp_prefix(path)
+    staging = Path(tempfile.mkdtemp(prefix=prefix, suffix=f"{PARTIAL_MARKER}-dir", dir=path.parent))
     try:
         yield staging
+        os.chmod(staging, 0o777 & ~current_umask())
         old = None
         if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=f"{PARTIAL_MARKER}-old", dir=path.parent))
+            old = Path(tempfile.mkdtemp(prefix=prefix, suffix=f"{PARTIAL_MARKER}-old", dir=path.parent))
             os.replace(path, old / path.name)
         os.replace(staging, path)
         if old is not None:
@@ -222,36 +223,15 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
             shutil.rmtree(staging, ignore_errors=True)
 
 
-def remove_partials(root: str | Path, keep_out: Sequence[str | Path] = ()) -> list[Path]:
-    """Delete temporary files and staging folders that an interrupted run left under ``root``.
+def remove_partials(root: str | Path, keep_out: Sequence[str | Path] = (), keep_run: str | None = None) -> list[Path]:
+    """Delete the temporary files and staging folders that interrupted fuse-runs left under ``root``.
 
-    Only hidden names carrying the ``.partial`` marker (what ``atomic_path`` and ``atomic_dir``
-    create) are touched, and nothing inside the folders of ``keep_out`` (e.g. an input folder that
-    lies inside the output folder). Returns what was removed.
+    Only names that ``atomic_path`` and ``atomic_dir`` made inside a fuse-run (they carry its run
+    id, see ``fuse_runtime.atomic``) are touched, never those of run ``keep_run``, and nothing
+    inside the folders of ``keep_out`` (e.g. an input folder inside the output folder). Returns what
+    was removed.
     """
-    root = Path(root)
-    protected = {Path(p).resolve() for p in keep_out}
-    removed: list[Path] = []
-    if not root.is_dir():
-        return removed
-    for folder, dirs, files in os.walk(root):
-        here = Path(folder)
-        for name in list(dirs):
-            if (here / name).resolve() in protected:
-                dirs.remove(name)
-            elif _is_partial(name):
-                shutil.rmtree(here / name, ignore_errors=True)
-                removed.append(here / name)
-                dirs.remove(name)
-        for name in files:
-            if _is_partial(name):
-                (here / name).unlink(missing_ok=True)
-                removed.append(here / name)
-    return removed
-
-
-def _is_partial(name: str) -> bool:
-    return name.startswith(".") and PARTIAL_MARKER in name
+    return remove_run_partials(root, keep_run=keep_run, keep_out=keep_out)
 
 
 def _save_dicom(path: Path, dataset: Dataset) -> None:

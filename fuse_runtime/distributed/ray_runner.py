@@ -1,10 +1,10 @@
 """fuse-run over a Ray cluster with Ray Data: the same pairs, outputs, report and resume as one machine.
 
 The driver (the process running ``fuse-run --ray``) does what the local runner does before and after
-the pixels, with the local runner's own functions: ``pipeline.plan_run`` (find the pairs, plan output
-names, skip finished outputs, remove an interrupted run's partial files) and ``pipeline.finish_run``
-(``report.json``), so both runners agree on every name, status and message. In between, the work
-flows through Ray:
+the pixels with the local runner's own ``pipeline.plan_run`` (lock ``--out``, pairs, output names,
+identity records, dead runs' temporaries) and ``pipeline.finish_run`` (reports), holding the lock until
+the report is written; the write tasks run ``pipeline.write_pair``, so both runners agree on every name,
+status, record and message. In between, the work flows through Ray:
 
 1. Read + preprocess: one Ray Data task per pair (``flat_map``) runs ``pipeline.read_pair`` with the
    engine's preprocessing and emits one row per slice (``ct [3,size,size]``, ``mri [1,size,size]``
@@ -30,12 +30,11 @@ before submitting another), and while the driver waits Ray Data's streaming exec
 reading and inference, so batches of slices flow and whole volumes are never all in memory.
 
 Failure isolation and resume are the local runner's: a failure of one pair (unreadable, unregistered,
-NaN, an engine error on its batch, a write error) is recorded for that pair only; a pair whose slices
-never come back (a worker died) is reported as failed; outputs are written under temporary names and
-renamed; a re-run skips finished outputs. Every node must see the engine, ``--in`` and ``--out`` at
-the same paths (a shared file system); object-store URLs (``s3://``...) are refused with a hint to
-mount them. A pair's ``seconds`` runs from the start of its read task to the end of its write task
-(wall clocks of two nodes).
+NaN, an engine error on its batch, a write error, a dead worker) is recorded for that pair only;
+outputs are written under temporary names and renamed; a re-run skips outputs made from the same
+inputs, model and options. Every node must see the engine, ``--in`` and ``--out`` at the same paths
+(a shared file system); URLs (``s3://``...) are refused with a hint to mount them. A pair's
+``seconds`` runs from the start of its read task to the end of its write task (two nodes' clocks).
 """
 
 from __future__ import annotations
@@ -168,9 +167,9 @@ def run_on_ray(
     """Fuse every pair under ``in_dir`` into ``out_dir`` on a Ray cluster; write ``out_dir/report.json``.
 
     Same outputs, report, resume and failure handling as ``pipeline.run`` (see the module docstring);
-    the three paths are made absolute first, so the report names absolute paths. ``options.workers`` and ``options.queue_pairs`` are the local runner's and are not used: Ray
-    schedules one read task per pair under its own backpressure. ``on_engine`` is called with the
-    engine's description and notices once it has been opened on a worker, before any pair is read.
+    the paths are made absolute first (workers do not share the driver's working directory). The local
+    runner's ``options.workers`` and ``queue_pairs`` are not used. ``on_engine`` gets the engine's
+    description and notices once it is open on a worker, before any pair is read.
 
     Raises FuseError before any pair is read when Ray is missing or unreachable, a path is a URL, the
     engine cannot be opened on a worker, ``in_dir`` holds nothing recognisable or ``out_dir`` cannot
@@ -178,7 +177,6 @@ def run_on_ray(
     """
     for name, path in (("--engine", engine_path), ("--in", in_dir), ("--out", out_dir)):
         _refuse_url(name, path)
-    # Absolute: workers do not share the driver's working directory.
     engine_path, in_dir, out_dir = (Path(p).absolute() for p in (engine_path, in_dir, out_dir))
     if not engine_path.is_file():
         raise FuseError("engine file not found; pass the model.onnx or model.plan written by fuse-export", engine_path)
@@ -189,20 +187,14 @@ def run_on_ray(
         info = _probe_engine_on_worker(ray, engine_path, ray_options.provider, actors)
         if on_engine is not None:
             on_engine(info)
-        plan = plan_run(info, in_dir, out_dir, options)
-        plan.report.settings["ray"] = {
-            **ray_options.to_dict(),
-            "nodes": cluster.nodes,
-            "cluster_cpus": cluster.cpus,
-            "cluster_gpus": cluster.gpus,
-            "max_actors": actors.max_actors,
-            "actor_resources": actors.resources,
-        }
-        started = time.perf_counter()
-        if plan.todo:
-            writes = ray_options.writes_in_flight or max(MIN_WRITES_IN_FLIGHT, int(cluster.cpus))
-            _Execution(ray, info, plan, options, actors, writes, started).run()
-        return finish_run(plan, time.perf_counter() - started)
+        with plan_run(info, in_dir, out_dir, options) as plan:
+            plan.report.settings["ray"] = {**ray_options.to_dict(), "nodes": cluster.nodes, "cluster_cpus": cluster.cpus,
+                "cluster_gpus": cluster.gpus, "max_actors": actors.max_actors, "actor_resources": actors.resources}
+            started = time.perf_counter()
+            if plan.todo:
+                writes = ray_options.writes_in_flight or max(MIN_WRITES_IN_FLIGHT, int(cluster.cpus))
+                _Execution(ray, info, plan, options, actors, writes, started).run()
+            return finish_run(plan, time.perf_counter() - started)
 
 
 # --- connecting and sizing ------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import cv2
@@ -119,14 +120,18 @@ def test_rerun_skips_existing_outputs_unless_overwrite(engine, scans: Path, tmp_
 
 
 def test_leftover_partial_files_are_removed(engine, scans: Path, tmp_path: Path) -> None:
-    leftover = tmp_path / ".11.png.x1y2.partial.png"
-    staging = tmp_path / "dicom" / ".case01.q.partial-dir"
+    """What a killed run left (its run id in the names) goes; a user's `.partial` name stays."""
+    leftover = tmp_path / ".11.png.fuse-20250101T000000-deadbeef.x1y2.partial.png"
+    staging = tmp_path / "dicom" / ".case01.fuse-20250101T000000-deadbeef.q.partial-dir"
+    users = tmp_path / ".thesis.partial.tex"
+    users.write_text("chapter 1")
     staging.mkdir(parents=True)
     leftover.write_bytes(b"half a png")
     (staging / "IM_00001.dcm").write_bytes(b"half a series")
     report = run(engine, scans, tmp_path, QUIET)
     assert any("removed 2 partial file(s)" in n for n in report.notices)
     assert not leftover.exists() and not staging.exists()
+    assert users.read_text() == "chapter 1"
     assert (tmp_path / "dicom" / "case01" / "IM_00012.dcm").is_file()
 
 
@@ -162,10 +167,13 @@ def test_output_names_are_sanitised(name: str, expected: str) -> None:
     assert safe_relative_name(name) == expected
 
 
-def test_colliding_names_get_numbered(tmp_path: Path) -> None:
+def test_names_that_sanitise_alike_keep_apart_whatever_other_pairs_exist(tmp_path: Path) -> None:
     pairs = [Pair(name, tmp_path / "a", tmp_path / "b", "image") for name in ("x y", "x_y", "x?y")]
     outputs = [job.output.name for job in plan_jobs(pairs, tmp_path / "out", QUIET)]
-    assert outputs == ["x_y.png", "x_y-2.png", "x_y-3.png"]
+    assert outputs[1] == "x_y.png" and len(set(outputs)) == 3
+    assert all(re.fullmatch(r"x_y-[0-9a-f]{8}\.png", name) for name in (outputs[0], outputs[2]))
+    alone = [plan_jobs([pair], tmp_path / "out", QUIET)[0].output.name for pair in pairs]
+    assert alone == outputs
 
 
 def test_output_inside_another_pairs_output_folder_is_refused(tmp_path: Path) -> None:

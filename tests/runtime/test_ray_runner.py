@@ -124,7 +124,7 @@ def test_rerun_on_ray_skips_finished_outputs_and_redoes_a_missing_one(
     out = tmp_path / "out"
     shutil.copytree(ray_dir, out)
     (out / "nifti" / "case01.nii.gz").unlink()
-    (out / "harvard" / ".12.png.abcd.partial.png").write_bytes(b"\x89PNG half")  # what a killed write leaves
+    (out / "harvard" / ".12.png.fuse-20250101T000000-deadbeef.abcd.partial.png").write_bytes(b"\x89PNG half")  # what a killed write leaves
     kept = {name: (out / name).stat().st_mtime_ns for name in _files(out) if name != "report.json"}
     result = CliRunner().invoke(
         main, ["--engine", str(exported), "--in", str(scans), "--out", str(out), "--ray", "--quiet"],

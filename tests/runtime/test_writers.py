@@ -219,12 +219,14 @@ def test_atomic_dir_replaces_a_folder_only_on_success(tmp_path: Path) -> None:
 
 
 def test_remove_partials_touches_only_leftovers(tmp_path: Path) -> None:
-    keep = [tmp_path / "11.png", tmp_path / "a" / ".hidden", tmp_path / "a" / "x.partial.png"]
-    leftovers = [tmp_path / ".11.png.abc.partial.png", tmp_path / "a" / ".x.nii.gz.k.partial.nii.gz"]
+    run = "fuse-20250101T000000-deadbeef"
+    keep = [tmp_path / "11.png", tmp_path / "a" / ".hidden", tmp_path / "a" / "x.partial.png",
+            tmp_path / ".thesis.partial.tex", tmp_path / ".11.png.abc.partial.png"]  # not made by a fuse-run
+    leftovers = [tmp_path / f".11.png.{run}.abc.partial.png", tmp_path / "a" / f".x.nii.gz.{run}.k.partial.nii.gz"]
     for path in keep + leftovers:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("x")
-    staging = tmp_path / "a" / ".case.q1.partial-dir"
+    staging = tmp_path / "a" / f".case.{run}.q1.partial-dir"
     (staging / "IM_00001.dcm").parent.mkdir(parents=True)
     (staging / "IM_00001.dcm").write_text("x")
     removed = writers.remove_partials(tmp_path)
@@ -234,7 +236,7 @@ def test_remove_partials_touches_only_leftovers(tmp_path: Path) -> None:
 
 
 def test_remove_partials_spares_protected_folders(tmp_path: Path) -> None:
-    inside = tmp_path / "in" / "CT" / ".x.png.k.partial.png"
+    inside = tmp_path / "in" / "CT" / ".x.png.fuse-20250101T000000-deadbeef.k.partial.png"
     inside.parent.mkdir(parents=True)
     inside.write_text("an input")
     assert writers.remove_partials(tmp_path, keep_out=[tmp_path / "in"]) == []
