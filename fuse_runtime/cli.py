@@ -2,7 +2,8 @@
 
 Exit status: 0 when every pair was fused or skipped, 1 when any pair failed (each is named in the
 output and in OUT/report.json), 2 for a usage error (bad option, missing or unusable engine, input
-folder missing, output folder not writable, Ray missing or unreachable), 130 when interrupted.
+folder missing, output folder not writable or held by another run, Ray missing or unreachable), 130
+when interrupted. Every run's report is kept: OUT/reports/<run id>.json, and OUT/report.json (the latest).
 
 ``--ray`` runs the same work on a Ray cluster (``fuse_runtime.distributed``, the ``fuse-ctmri[distributed]``
 extra); Ray is imported only then.
@@ -44,7 +45,7 @@ _DEFAULTS = RunOptions()
 @click.option(
     "--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
     help="Output folder (created if missing, must not be inside --in). Mirrors the input tree and gets "
-    f"{REPORT_NAME}.",
+    f"{REPORT_NAME} (and reports/<run id>.json for every run). One fuse-run at a time per folder.",
 )
 @click.option(
     "--batch-size", type=click.IntRange(min=1), default=_DEFAULTS.batch_size, show_default=True,
@@ -85,7 +86,15 @@ _DEFAULTS = RunOptions()
     help="CUDA device index for a .plan and for ONNX Runtime's CUDA/TensorRT providers (nvidia-smi lists them). "
     "Ignored on the CPU and with --ray (Ray gives each actor its own GPU).",
 )
-@click.option("--overwrite", is_flag=True, help="Replace existing outputs [default: skip them, so a re-run resumes].")
+@click.option(
+    "--overwrite", is_flag=True,
+    help="Replace existing outputs [default: skip those made from the same inputs, model and options, redo those "
+    "whose inputs, model or options changed, refuse files fuse did not make], so a re-run resumes.",
+)
+@click.option(
+    "--wait", is_flag=True,
+    help="When another fuse-run is writing to --out, wait for it to finish [default: refuse, naming it].",
+)
 @click.option(
     "--metrics", is_flag=True,
     help="Add fusion metrics per pair (EN, SD, SF, MI, SCD, VIF, Qabf, SSIM...; 8-bit gray, mean over slices) "
@@ -120,6 +129,7 @@ def main(
     backend: str,
     device: int,
     overwrite: bool,
+    wait: bool,
     metrics: bool,
     preview: bool,
     gray: bool,
@@ -138,6 +148,7 @@ def main(
         output_format=output_format,  # type: ignore[arg-type]
         workers=workers,
         overwrite=overwrite,
+        wait=wait,
         metrics=metrics,
         preview=preview,
         gray=gray,

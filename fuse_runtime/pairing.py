@@ -240,6 +240,7 @@ class _RoleFolder:
 
     series: bool
     entries: dict[str, _Entry]
+    ambiguous: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -258,6 +259,7 @@ class _Finder:
                 raise
             self._problem(self._name(folder), [folder], error.reason)
             return
+        self._report_hidden_cases(folder)
         dirs = [child for child in children if child.is_dir() and not child.is_symlink()]
         role_dirs = [self._role_children(dirs, names) for names in self.layout.folder_names]
         if any(role_dirs):
@@ -305,14 +307,17 @@ class _Finder:
             return
         if first.series != second.series:
             whole, split = (first_dir, second_dir) if first.series else (second_dir, first_dir)
-            self._problem(
-                self._name(folder),
-                [first_dir, second_dir],
+            odd = _series_intruders(split)
+            reason = (
                 f"{whole.name}/ holds one DICOM series but {split.name}/ holds separate scans; "
-                "use the same layout on both sides",
+                "use the same layout on both sides"
             )
+            if odd:
+                reason = f"{split.name}/ holds one DICOM series apart from {odd}; move that out of {split.name}/"
+            self._problem(self._name(folder), [first_dir, second_dir], reason)
             return
-        for stem in sorted(first.entries.keys() | second.entries.keys()):
+        ambiguous = first.ambiguous | second.ambiguous
+        for stem in sorted((first.entries.keys() | second.entries.keys()) - ambiguous):
             name = self._name(folder, stem)
             a, b = first.entries.get(stem), second.entries.get(stem)
             if a is not None and b is not None:
@@ -329,6 +334,7 @@ class _Finder:
         if len(dicoms) > 1 and not others and _one_series(dicoms):
             return _RoleFolder(series=True, entries={})
         entries: dict[str, _Entry] = {}
+        duplicates: dict[str, list[Path]] = {}
         for child in children:
             kind = _kind(child)
             if kind is None:
@@ -342,14 +348,34 @@ class _Finder:
                 continue
             stem = _stem(child)
             if stem in entries:
-                self._problem(
-                    self._name(folder, stem),
-                    [entries[stem].path, child],
-                    f"{role_dir.name}/ has two scans named {stem!r}; keep one",
-                )
+                duplicates.setdefault(stem, [entries[stem].path]).append(child)
                 continue
             entries[stem] = _Entry(child, kind)
-        return _RoleFolder(series=False, entries=entries)
+        for stem, paths in duplicates.items():  # fused from neither: which one was meant is unknown
+            del entries[stem]
+            names = ", ".join(path.name for path in paths)
+            self._problem(
+                self._name(folder, stem), paths, f"{role_dir.name}/ has several scans named {stem!r} ({names}); keep one"
+            )
+        return _RoleFolder(series=False, entries=entries, ambiguous=set(duplicates))
+
+    def _report_hidden_cases(self, folder: Path) -> None:
+        """A hidden folder (``.case``) holding role folders or case files is skipped: say so, once."""
+        roles = frozenset().union(*self.layout.folder_names)
+        try:
+            hidden = [c for c in folder.iterdir() if c.name.startswith(".") and c.is_dir() and not c.is_symlink()]
+        except OSError:
+            return
+        for child in sorted(hidden):
+            try:
+                inside = {_stem(grand).lower() for grand in _visible_children(child)}
+            except FuseError:
+                continue
+            if inside & roles:
+                self._problem(
+                    self._name(child), [child],
+                    f"{child.name}/ is hidden (its name starts with a dot) and was skipped; rename it without the dot",
+                )
 
     def _pair_case_files(self, folder: Path, files: list[Path]) -> None:
         """Per-case volumes: ``ct.nii.gz`` + ``mri.nii.gz`` (any scan format) directly in ``folder``."""
@@ -406,6 +432,35 @@ def _kind(path: Path) -> Kind | None:
     if path.is_dir():
         return "dicom-series" if any(looks_like_dicom(child) for child in _visible_children(path) if child.is_file()) else None
     return file_kind(path)
+
+
+def _series_intruders(folder: Path) -> str:
+    """In a folder of one DICOM series plus a few other files: those files and why, else ``""``.
+
+    A file that is not readable DICOM, or one of another series than most of the files, is named.
+    """
+    files = [child for child in _visible_children(folder) if child.is_file()]
+    uids: dict[Path, str | None] = {}
+    for path in files:
+        try:
+            dataset = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"], force=True)
+            uids[path] = str(dataset.get("SeriesInstanceUID", "")) or None
+        except (InvalidDicomError, OSError, ValueError, EOFError, AttributeError, TypeError):
+            uids[path] = None
+    counts: dict[str, int] = {}
+    for uid in uids.values():
+        if uid is not None:
+            counts[uid] = counts.get(uid, 0) + 1
+    if not counts:
+        return ""
+    main, size = max(counts.items(), key=lambda item: item[1])
+    odd = [path for path, uid in uids.items() if uid != main]
+    if size < 2 or len(odd) * 2 >= len(files):
+        return ""
+    return "; ".join(
+        f"{path.name} ({'not a readable DICOM file' if uids[path] is None else 'a slice of another series'})"
+        for path in odd[:5]
+    ) + (f" and {len(odd) - 5} more" if len(odd) > 5 else "")
 
 
 def _one_series(files: list[Path]) -> bool:

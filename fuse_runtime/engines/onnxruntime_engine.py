@@ -176,7 +176,8 @@ class OnnxRuntimeEngine(Engine):
         return (1, UNBOUNDED_BATCH)
 
     def _notice(self, message: str) -> None:
-        log.warning("%s: %s", self.path, message)
+        """Kept in ``notices`` for the caller to show once (fuse-run prints them), and logged at INFO."""
+        log.info("%s: %s", self.path, message)
         self.notices.append(message)
 
 

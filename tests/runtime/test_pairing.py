@@ -214,9 +214,9 @@ def test_duplicate_stems_are_a_problem(tmp_path):
     _png(tmp_path / "MRI" / "a.png")
     _png(tmp_path / "MRI" / "b.png")
     report = find_pairs(tmp_path)
-    assert [pair.name for pair in report.pairs] == ["a", "b"]
+    assert [pair.name for pair in report.pairs] == ["b"]  # which "a" was meant is unknown: neither is fused
     assert [problem.name for problem in report.problems] == ["a"]
-    assert "two scans named 'a'" in report.problems[0].reason
+    assert "several scans named 'a' (a.png, a.tif)" in report.problems[0].reason
 
 
 # --- bad arguments -------------------------------------------------------------------------------
