@@ -88,12 +88,8 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise FuseError("checkpoint not found; give the .pt file a fuse-train run wrote (e.g. RUN/best.pt)", path)
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError, ValueError) as error:
-        raise FuseError(
-            f"not a readable fuse checkpoint ({first_line(error, with_type=True)}); "
-            "give a .pt file written by fuse-train",
-            path,
-        ) from error
+    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError, ValueError):
+        raise FuseError(f"{_why_unreadable(path)}; give a .pt file written by fuse-train (e.g. RUN/best.pt)", path) from None
     if not isinstance(payload, dict) or any(key not in payload for key in REQUIRED_KEYS):
         raise FuseError(
             f"not a fuse checkpoint (it lacks {[k for k in REQUIRED_KEYS if k not in payload] if isinstance(payload, dict) else 'a dict'}); "
@@ -180,3 +176,23 @@ def _rename_key(key: str, rename: dict[str, str]) -> str:
                 break
         parts.append(part)
     return ".".join(parts)
+
+
+def _why_unreadable(path: Path) -> str:
+    """Our own words for a file ``torch.load(weights_only=True)`` rejects (torch's message is not shown:
+    it ends by suggesting to turn that safety check off, which fuse never does)."""
+    if not zipfile.is_zipfile(path):
+        return "not a PyTorch checkpoint (not a zip archive: random bytes, another format, or a truncated copy)"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            archive.testzip()
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError, EOFError):
+        return "a damaged PyTorch file (its zip archive cannot be read: copy it again)"
+    if not any(name.endswith("data.pkl") for name in names):
+        return "a zip archive but not a PyTorch checkpoint"
+    return (
+        "a PyTorch file holding Python objects other than tensors and plain data, which fuse refuses to load "
+        "because loading them could run code; it was not written by fuse-train"
+    )
+

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import math
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -159,12 +160,24 @@ def autocast(device: torch.device, precision: Precision) -> contextlib.AbstractC
 
 
 def check_new_run_dir(out: Path) -> None:
-    """Refuse to write a new run over an existing, non-empty run directory."""
+    """Refuse an existing, non-empty run directory, and one that cannot be made or written (a file on
+    the way, a read-only place): FuseError naming it, before any data is read. Creates ``out``."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FuseError(
             "the run directory already exists; pass --resume to continue that run, or choose a new --out",
             out,
         )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out, prefix=".write-test"):
+            pass
+    except OSError as error:
+        blocker = next((parent for parent in out.parents if parent.is_file()), None)
+        why = f"{blocker} is a file, not a folder" if blocker is not None else error.strerror
+        raise FuseError(
+            f"the run directory cannot be created or written ({why}); choose another --out or fix its permissions",
+            out,
+        ) from None
 
 
 def train_step(
