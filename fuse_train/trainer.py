@@ -161,21 +161,24 @@ def autocast(device: torch.device, precision: Precision) -> contextlib.AbstractC
 
 def check_new_run_dir(out: Path) -> None:
     """Refuse an existing, non-empty run directory, and one that cannot be made or written (a file on
-    the way, a read-only place): FuseError naming it, before any data is read. Creates ``out``."""
+    the way, a read-only place): FuseError naming it, before any data is read. Creates nothing."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FuseError(
             "the run directory already exists; pass --resume to continue that run, or choose a new --out",
             out,
         )
+    existing = next(folder for folder in (out, *out.absolute().parents) if folder.exists())
+    if not existing.is_dir():
+        raise FuseError(
+            f"the run directory cannot be created: {existing} is a file, not a folder; choose another --out", out
+        )
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out, prefix=".write-test"):
+        with tempfile.TemporaryFile(dir=existing, prefix=".write-test"):
             pass
     except OSError as error:
-        blocker = next((parent for parent in out.parents if parent.is_file()), None)
-        why = f"{blocker} is a file, not a folder" if blocker is not None else error.strerror
         raise FuseError(
-            f"the run directory cannot be created or written ({why}); choose another --out or fix its permissions",
+            f"the run directory cannot be created or written in {existing} ({error.strerror}); choose another "
+            "--out or fix its permissions",
             out,
         ) from None
 
