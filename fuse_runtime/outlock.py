@@ -4,7 +4,7 @@
 the process ends however it ends (kill -9 included) and no stale lock can outlive its owner. The file
 holds the owner's run id, pid, host and start time: a second run refuses with those facts (or waits
 for the lock with ``wait``), and a run that takes the lock over knows that every earlier owner is
-gone, so their temporary files may be removed (``atomic.remove_partials``). The file itself is left
+gone, so their temporary files may be removed (``atomic.remove_run_partials``). The file itself is left
 in place (removing it would let two runs lock two different files of the same name).
 """
 

@@ -260,17 +260,19 @@ def test_help_explains_ray() -> None:
 
 
 def _files(folder: Path) -> list[str]:
-    """Every finished file under ``folder``, relative (hidden temporaries left out)."""
+    """Every finished file under ``folder``, relative (hidden temporaries and records, and the per-run
+    reports under ``reports/``, named after each run's id, left out)."""
     return sorted(
         path.relative_to(folder).as_posix()
         for path in folder.rglob("*")
-        if path.is_file() and not path.name.startswith(".")
+        if path.is_file() and not path.name.startswith(".") and path.relative_to(folder).parts[0] != "reports"
     )
 
 
 def _comparable(out_dir: Path) -> dict[str, Any]:
     """report.json without timings, the output folder and the Ray settings."""
     report = json.loads((out_dir / "report.json").read_text())
+    report.pop("run_id")
     for pair in report["pairs"]:
         pair.pop("seconds")
         pair["outputs"] = [str(Path(o).relative_to(out_dir)) for o in pair["outputs"]]
