@@ -1,10 +1,8 @@
 """fuse-run over a Ray cluster with Ray Data: the same pairs, outputs, report and resume as one machine.
 
-The driver (the process running ``fuse-run --ray``) does what the local runner does before and after
-the pixels with the local runner's own ``pipeline.plan_run`` (lock ``--out``, pairs, output names,
-identity records, dead runs' temporaries) and ``pipeline.finish_run`` (reports), holding the lock until
-the report is written; the write tasks run ``pipeline.write_pair``, so both runners agree on every name,
-status, record and message. In between, the work flows through Ray:
+The driver (``fuse-run --ray``) runs the local runner's ``pipeline.plan_run`` (lock ``--out``, pairs,
+names, identity records) and ``pipeline.finish_run`` (reports), holding the lock until the report is
+written; write tasks run ``pipeline.write_pair``: both runners agree on every name, record and message.
 
 1. Read + preprocess: one Ray Data task per pair (``flat_map``) runs ``pipeline.read_pair`` with the
    engine's preprocessing and emits one row per slice (``ct [3,size,size]``, ``mri [1,size,size]``
@@ -29,12 +27,10 @@ only pairs still in flight, write tasks in flight are capped (the driver waits f
 before submitting another), and while the driver waits Ray Data's streaming executor backpressures
 reading and inference, so batches of slices flow and whole volumes are never all in memory.
 
-Failure isolation and resume are the local runner's: a failure of one pair (unreadable, unregistered,
-NaN, an engine error on its batch, a write error, a dead worker) is recorded for that pair only;
-outputs are written under temporary names and renamed; a re-run skips outputs made from the same
-inputs, model and options. Every node must see the engine, ``--in`` and ``--out`` at the same paths
-(a shared file system); URLs (``s3://``...) are refused with a hint to mount them. A pair's
-``seconds`` runs from the start of its read task to the end of its write task (two nodes' clocks).
+Failure isolation and resume are the local runner's: a failure of one pair (unreadable, NaN, an
+engine error on its batch, a write error, a dead worker) is recorded for that pair only. Every node
+must see the engine, ``--in`` and ``--out`` at the same paths (a shared file system); URLs (``s3://``)
+are refused with a hint to mount them. A pair's ``seconds`` spans its read and write tasks (two clocks).
 """
 
 from __future__ import annotations
@@ -166,10 +162,9 @@ def run_on_ray(
 ) -> RunReport:
     """Fuse every pair under ``in_dir`` into ``out_dir`` on a Ray cluster; write ``out_dir/report.json``.
 
-    Same outputs, report, resume and failure handling as ``pipeline.run`` (see the module docstring);
-    the paths are made absolute first (workers do not share the driver's working directory). The local
-    runner's ``options.workers`` and ``queue_pairs`` are not used. ``on_engine`` gets the engine's
-    description and notices once it is open on a worker, before any pair is read.
+    Same outputs, report, resume and failure handling as ``pipeline.run``; the paths are made absolute
+    (workers do not share the driver's working directory); ``options.workers``/``queue_pairs`` are unused.
+    ``on_engine`` gets the engine's description and notices once it is open on a worker, before any read.
 
     Raises FuseError before any pair is read when Ray is missing or unreachable, a path is a URL, the
     engine cannot be opened on a worker, ``in_dir`` holds nothing recognisable or ``out_dir`` cannot
