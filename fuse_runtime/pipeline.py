@@ -328,7 +328,8 @@ def write_pair(
                 if options.metrics:
                     result.metrics = pair_metrics(ct_native, mri_native, images)
             resume.write_record(job.output, job.identity, job.run_id, "done", slices=int(fused.shape[0]),
-                                metrics=result.metrics, outputs=result.outputs, alignment=result.alignment)
+                                metrics=result.metrics, outputs=result.outputs, alignment=result.alignment,
+                                engine=engine_description)
         result.status = "ok"
     except FuseError as error:
         result.status, result.error = "failed", str(error)

@@ -7,8 +7,10 @@ never share (or swap) an output however the set of pairs changes between runs.
 Beside every output ``OUT/<name>`` a hidden record ``OUT/.<name>.fuse.json`` says what made it: the
 input files (path relative to ``--in``, and a digest of each file's size and modification time, every
 file of a DICOM series folder included), the model file's SHA-256 and the options that change pixels
-(output format, gray, the engine's preprocessing). It is written as ``writing`` before the output and
-``done`` after it (with the slices and metrics), so a kill -9 at any point is seen on the next run.
+(output format, gray, the engine's preprocessing, registration). It is written as ``writing`` before
+the output and ``done`` after it (with the slices, metrics and the engine's description, kept for
+information: another backend or provider changes pixels by rounding only and does not redo outputs),
+so a kill -9 at any point is seen on the next run.
 
 ``decide`` then says for each planned output: ``fuse`` (missing, interrupted, or made from something
 else: the reason says what changed), ``skip`` (made by a finished run from exactly these inputs,

@@ -160,6 +160,19 @@ def _check_ambiguity_resolved(world: World, _: str) -> None:
     assert (world.out / "x.png").read_bytes() != world.extra["x"]
 
 
+def _setup_foreign_output(world: World) -> None:
+    """Item 1: a file fuse did not make sits at a pair's output name."""
+    _pair(world, "", "11", "11")
+    world.out.mkdir(parents=True)
+    (world.out / "11.png").write_bytes(b"the user's own picture")
+
+
+def _check_redone_for_options(world: World, _: str) -> None:
+    status = _status(world)["11"]
+    assert status["status"] == "ok" and "options changed" in status["note"]
+    assert cv2.imread(str(world.out / "11.png"), cv2.IMREAD_UNCHANGED).ndim == 2  # gray now
+
+
 def _setup_users_partial_files(world: World) -> None:
     """Item 3: a user's hidden files with `.partial` in their names, in --out."""
     _pair(world, "", "11", "11")
@@ -317,6 +330,10 @@ CASES = [
          changes=r"good\.png", check=_check_ambiguous),
     Case("2 stale output of a deleted input is redone", _setup_ambiguity_resolved, STANDARD, 0, "fused 1 pair(s)",
          changes=r"x\.png", check=_check_ambiguity_resolved),
+    Case("1 a file fuse did not make is refused, not replaced", _setup_foreign_output, STANDARD, 1,
+         "exists but no fuse-run record says what made it"),
+    Case("1 changed options redo an output", lambda w: (_setup_good(w), _run_here(w)), (*STANDARD, "--gray"), 0,
+         "fused 1 pair(s)", changes=r"11\.png", check=_check_redone_for_options),
     Case("3 user's .partial files survive", _setup_users_partial_files, STANDARD, 0, "fused 1 pair(s)",
          changes=r"11\.png"),
     Case("3 a second run on a locked --out refuses", _setup_locked, STANDARD, 2,
