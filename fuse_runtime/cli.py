@@ -187,6 +187,8 @@ def main(
     for result in report.pairs:
         if result.status == "failed":
             click.echo(f"fuse-run: failed: {result.name}: {result.error}", err=True)
+        elif result.status == "ok" and result.note:
+            click.echo(f"fuse-run: note: {result.name}: {result.note}", err=True)
     click.echo(report.summary_line())
     click.echo(f"report: {out_dir / REPORT_NAME}")
     if report.counts["failed"]:

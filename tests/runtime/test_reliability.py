@@ -154,7 +154,8 @@ def _setup_ambiguity_resolved(world: World) -> None:
     cv2.imwrite(str(world.inp / "CT" / "x.tif"), cv2.imread(str(_harvard(world.extra["harvard"], "13")[0])))  # type: ignore[arg-type]
 
 
-def _check_ambiguity_resolved(world: World, _: str) -> None:
+def _check_ambiguity_resolved(world: World, text: str) -> None:
+    assert "note: x: redone: its inputs changed" in text
     status = _status(world)["x"]
     assert status["status"] == "ok" and "inputs changed" in status["note"]
     assert (world.out / "x.png").read_bytes() != world.extra["x"]
