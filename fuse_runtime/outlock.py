@@ -68,6 +68,8 @@ class OutputLock:
         self.wait = wait
         self.on_wait = on_wait
         self.previous: Owner | None = None
+        #: True when the file system refused to lock: nothing stops a second run (plan_run says so).
+        self.unlocked = False
         self._fd: int | None = None
 
     def acquire(self) -> "OutputLock":
@@ -96,6 +98,8 @@ class OutputLock:
             if self.on_wait is not None:
                 self.on_wait(holder)
             fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:  # a file system without locks (some network mounts): run, but say so
+            self.unlocked = True
         self.previous = _read_owner(fd)
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(asdict(self.owner)) + "\n").encode(), 0)

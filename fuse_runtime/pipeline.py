@@ -229,7 +229,9 @@ def plan_run(engine: EngineSettings, in_dir: str | Path, out_dir: str | Path, op
 
     lock = OutputLock(out_dir, report.run_id, wait=options.wait, on_wait=waiting).acquire()
     try:
-        leftovers = writers.remove_partials(out_dir, keep_out=[in_dir], keep_run=report.run_id)
+        if lock.unlocked:
+            report.notices.append(f"{out_dir} cannot be locked (its file system has no locks): run one fuse-run at a time there")
+        leftovers = [] if lock.unlocked else writers.remove_partials(out_dir, keep_out=[in_dir], keep_run=report.run_id)
         if leftovers:
             report.notices.append(f"removed {len(leftovers)} partial file(s) left by an interrupted run")
         batch_size = _fit_batch(engine, options.batch_size, report.notices)
