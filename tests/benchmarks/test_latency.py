@@ -1,4 +1,4 @@
-"""benchmarks.latency and benchmarks.flops: a whole run at 64 px on real pairs, two ONNX files side by
+"""benchmarks.latency (the package) and benchmarks.flops: a whole run at 64 px on real pairs, two ONNX files side by
 side, counted FLOPs against a hand count, the statistics, bf16 detection, the CLI and bad arguments.
 
 No timing is asserted: only that every row is there, measured or with its reason, and that the
@@ -19,6 +19,7 @@ from click.testing import CliRunner
 from torch import nn
 
 from benchmarks import latency
+from benchmarks.latency.models import artifacts_of, openvino_precision
 from benchmarks.flops import ONNX_METHOD, count_onnx_flops, count_torch_flops
 from fuse_runtime.errors import FuseError
 from fuse_runtime.preprocess import PreprocessConfig
@@ -160,7 +161,7 @@ def test_openvino_rows_say_what_they_computed_in(full_run):
     ],
 )
 def test_openvino_precision_labels(file_precision, description, expected):
-    assert latency._openvino_precision(file_precision, description) == expected
+    assert openvino_precision(file_precision, description) == expected
 
 
 def test_bf16_autocast_is_labelled_and_limited_as_the_cpu_demands(full_run):
@@ -467,7 +468,7 @@ def test_files_with_the_same_name_are_labelled_by_path(full_run, tmp_path):
     other = tmp_path / "other" / "model.onnx"
     other.parent.mkdir()
     os.link(export / "model.onnx", other)
-    artifacts = latency._artifacts([export / "model.onnx", other], None)
+    artifacts = artifacts_of([export / "model.onnx", other], None)
     assert [a.name for a in artifacts] == [str(export / "model.onnx"), str(other)]
     assert all(a.image_size == SIZE and a.precision == "fp32" for a in artifacts)
 
