@@ -82,6 +82,12 @@ _DEFAULTS = RunOptions()
     "model.onnx or model.int8.onnx). onnxruntime / tensorrt: force that library.",
 )
 @click.option(
+    "--streams", type=click.IntRange(min=0), default=0, show_default=True,
+    help="OpenVINO only: inference streams. 0: the throughput hint, OpenVINO chooses the streams and "
+    "batches run side by side (fastest for folders); 1: one stream using every thread per batch (latency); "
+    "N: N streams sharing --threads.",
+)
+@click.option(
     "--device", type=click.IntRange(min=0), default=0, show_default=True,
     help="CUDA device index for a .plan and for ONNX Runtime's CUDA/TensorRT providers (nvidia-smi lists them). "
     "Ignored on the CPU and with --ray (Ray gives each actor its own GPU).",
@@ -128,6 +134,7 @@ def main(
     provider: str,
     backend: str,
     device: int,
+    streams: int,
     overwrite: bool,
     wait: bool,
     metrics: bool,
@@ -172,7 +179,7 @@ def main(
             report = run_on_ray(engine_path, in_dir, out_dir, options, ray_options, on_engine=announce)
         else:
             with open_engine(
-                engine_path, provider=provider, threads=threads, backend=backend, device=device
+                engine_path, provider=provider, threads=threads, backend=backend, device=device, streams=streams
             ) as engine:
                 announce(engine)
                 report = run(engine, in_dir, out_dir, options)

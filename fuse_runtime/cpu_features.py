@@ -13,6 +13,9 @@ CPUINFO = Path("/proc/cpuinfo")
 NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16", "bf16")
 """/proc/cpuinfo flags of CPUs that compute bf16 natively: x86 AMX-BF16 and AVX512-BF16 (``flags``
 lines) and Arm's BF16 extension (``Features`` lines)."""
+NATIVE_INT8_FLAGS = ("amx_int8", "avx512_vnni", "avx_vnni")
+"""/proc/cpuinfo flags of x86 CPUs with int8 dot-product instructions (AMX-INT8, AVX512-VNNI, AVX-VNNI),
+which OpenVINO's int8 kernels use."""
 
 
 def cpu_flags(cpuinfo: str | Path = CPUINFO) -> set[str] | None:
@@ -41,6 +44,18 @@ def native_bf16(cpuinfo: str | Path = CPUINFO) -> tuple[bool, str]:
     if found:
         return True, f"this CPU has native bf16 ({', '.join(found)})"
     return False, "this CPU has no native bf16 (AVX512-BF16/AMX), nor Arm's BF16"
+
+
+def native_int8(cpuinfo: str | Path = CPUINFO) -> tuple[bool, str]:
+    """Whether the CPU has int8 dot-product instructions (AMX-INT8, AVX512-VNNI, AVX-VNNI), and why, in
+    words for a notice. A missing or unreadable ``cpuinfo`` counts as none."""
+    flags = cpu_flags(cpuinfo)
+    if flags is None:
+        return False, f"cannot read {cpuinfo} to look for int8 dot products (AMX-INT8/VNNI)"
+    found = [flag for flag in NATIVE_INT8_FLAGS if flag in flags]
+    if found:
+        return True, f"this CPU has native int8 dot products ({', '.join(found)})"
+    return False, "this CPU has no int8 dot products (AMX-INT8/VNNI)"
 
 
 def has_native_bf16(cpuinfo: str | Path = CPUINFO) -> bool:

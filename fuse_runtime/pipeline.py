@@ -23,9 +23,11 @@ making unless ``overwrite``.
 
 from __future__ import annotations
 
+import collections
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -35,7 +37,7 @@ from tqdm import tqdm
 
 from fuse_runtime import resume, writers
 from fuse_runtime.atomic import ensure_writable, run_tag
-from fuse_runtime.engines.base import Engine
+from fuse_runtime.engines.base import Engine, infer_batch, submit_batch
 from fuse_runtime.errors import FuseError
 from fuse_runtime.outlock import OutputLock, Owner, check_folders, new_run_id
 from fuse_runtime.pairing import Pair, PairProblem, find_pairs, load_pair
@@ -279,24 +281,6 @@ def read_pair(
     return ct, prepared, normalised
 
 
-def infer_batch(engine: Engine, ct: np.ndarray, mri: np.ndarray) -> np.ndarray:
-    """Run one batch ``ct [N,3,H,W]``, ``mri [N,1,H,W]`` → fused ``[N,3,H,W]``.
-
-    A batch below the engine's minimum (a fixed-batch engine) is padded with blank slices whose
-    results are dropped. Raises FuseError for any engine failure.
-    """
-    count, low = len(ct), engine.batch_range[0]
-    if count < low:
-        ct = np.concatenate([ct, np.zeros((low - count, *ct.shape[1:]), np.float32)])
-        mri = np.concatenate([mri, np.zeros((low - count, *mri.shape[1:]), np.float32)])
-    try:
-        return engine.infer(ct, mri)[:count]
-    except FuseError:
-        raise
-    except Exception as error:  # a backend failure must not stop the other pairs
-        raise FuseError(f"the engine failed on this batch: {type(error).__name__}: {error}") from None
-
-
 def write_pair(
     job: Job,
     ct: Scan,
@@ -456,9 +440,12 @@ class _Runner:
 
         It waits for more pairs only while it lacks a full batch; otherwise it takes what the readers
         have ready without waiting and runs the batch, so reading goes on while the engine works.
+        Up to ``engine.in_flight`` batches are submitted before the oldest result is taken (a
+        throughput engine runs them side by side); results are taken in submission order.
         """
         pending: list[tuple[_Prepared, int]] = []
-        while readers_left or pending:
+        running: collections.deque[tuple[list[tuple[_Prepared, int]], Callable[[], np.ndarray]]] = collections.deque()
+        while readers_left or pending or running:
             while readers_left and len(pending) < PREFETCH_BATCHES * self.batch_size:
                 try:
                     item = self.ready.get(block=len(pending) < self.batch_size)
@@ -474,14 +461,20 @@ class _Runner:
                     pending.extend((item, s) for s in range(item.remaining))
             if pending:
                 batch, pending = pending[: self.batch_size], pending[self.batch_size :]
-                self._run_batch(batch)
+                running.append((batch, self._submit_batch(batch)))
+            while running and (len(running) >= self.engine.in_flight or not (pending or readers_left)):
+                self._run_batch(*running.popleft())
 
-    def _run_batch(self, batch: list[tuple[_Prepared, int]]) -> None:
+    def _submit_batch(self, batch: list[tuple[_Prepared, int]]) -> Callable[[], np.ndarray]:
         ct = np.stack([item.prepared.first[s] for item, s in batch])
         mri = np.stack([item.prepared.second[s] for item, s in batch])
+        return submit_batch(self.engine, ct, mri)
+
+    def _run_batch(self, batch: list[tuple[_Prepared, int]], result: Callable[[], np.ndarray]) -> None:
+        """Take the result of a submitted batch and hand finished pairs to the writer."""
         items = list(dict.fromkeys(item for item, _ in batch))
         try:
-            fused = infer_batch(self.engine, ct, mri)
+            fused = result()
         except FuseError as error:
             self._fail_all(items, str(error))
             return

@@ -31,10 +31,17 @@ __all__ = [
 ENGINE_SUFFIXES = (".onnx", ".plan", ".engine")
 PROVIDER_CHOICES = ("auto", "cpu", "cuda", "tensorrt")
 BACKEND_CHOICES = ("auto", "onnxruntime", "openvino", "tensorrt")
+INT8_SUFFIX = ".int8.onnx"
+"""How fuse-export names the INT8 model (``model.int8.onnx``)."""
 
 
 def open_engine(
-    path: str | Path, provider: str = "auto", threads: int | None = None, backend: str = "auto", device: int = 0
+    path: str | Path,
+    provider: str = "auto",
+    threads: int | None = None,
+    backend: str = "auto",
+    device: int = 0,
+    streams: int = 1,
 ) -> Engine:
     """Load ``model.onnx`` (ONNX Runtime) or ``model.plan`` (TensorRT) as an Engine.
 
@@ -45,6 +52,9 @@ def open_engine(
     backend: ``auto`` (see :func:`choose_backend`), ``onnxruntime``, ``openvino`` (``.onnx`` on the
         CPU, bf16 where the CPU has it natively; see ``OpenVinoEngine``) or ``tensorrt`` (a ``.plan``).
     device: CUDA device index for TensorRT and ONNX Runtime's CUDA/TensorRT providers.
+    streams: OpenVINO only: 1 (latency, the default for single pairs and the Python API), 0 (throughput,
+        OpenVINO chooses the streams; what fuse-run uses for folders) or N streams. Other backends run
+        one call at a time whatever it says.
     Raises FuseError for a missing, unreadable or incompatible model, or a backend that cannot run it.
     """
     path = Path(path)
@@ -59,13 +69,13 @@ def open_engine(
     if suffix == ".onnx":
         why = None
         if backend == "auto":
-            backend, why = choose_backend(provider)
+            backend, why = choose_backend(provider, int8=path.name.lower().endswith(INT8_SUFFIX))
         engine: Engine | None = None
         if backend == "openvino":
             from fuse_runtime.engines.openvino_engine import OpenVinoEngine
 
             try:
-                engine = OpenVinoEngine(path, threads=threads)
+                engine = OpenVinoEngine(path, threads=threads, streams=streams)
             except FuseError as error:
                 if why is None:  # asked for by name: its error is the answer
                     raise
@@ -91,15 +101,19 @@ def open_engine(
     )
 
 
-def choose_backend(provider: str = "auto", cpuinfo: str | Path | None = None) -> tuple[str, str | None]:
+def choose_backend(
+    provider: str = "auto", cpuinfo: str | Path | None = None, int8: bool = False
+) -> tuple[str, str | None]:
     """The library ``backend="auto"`` runs an ``.onnx`` file with, and the reason (None when there is
     nothing to say: ONNX Runtime on a CPU without native bf16, or on a GPU).
 
     OpenVINO where it is installed, the CPU has native bf16 and neither a named ONNX Runtime provider
-    nor ONNX Runtime's CUDA provider asks for ONNX Runtime; otherwise ONNX Runtime. ``cpuinfo``: where
-    the CPU flags are read (default /proc/cpuinfo; tests pass other CPUs' flags).
+    nor ONNX Runtime's CUDA provider asks for ONNX Runtime; otherwise ONNX Runtime. ``int8``: the file
+    is fuse-export's ``model.int8.onnx``, which OpenVINO also runs on CPUs with int8 dot products
+    (AMX-INT8, AVX512-VNNI, AVX-VNNI) but no bf16. ``cpuinfo``: where the CPU flags are read (default
+    /proc/cpuinfo; tests pass other CPUs' flags).
     """
-    from fuse_runtime.cpu_features import CPUINFO, native_bf16
+    from fuse_runtime.cpu_features import CPUINFO, native_bf16, native_int8
 
     if provider != "auto":
         return "onnxruntime", None
@@ -109,7 +123,10 @@ def choose_backend(provider: str = "auto", cpuinfo: str | Path | None = None) ->
         onnxruntime = None
     if onnxruntime is not None and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
         return "onnxruntime", None
-    native, reason = native_bf16(CPUINFO if cpuinfo is None else cpuinfo)
+    cpuinfo = CPUINFO if cpuinfo is None else cpuinfo
+    native, reason = native_bf16(cpuinfo)
+    if int8 and not native:
+        native, reason = native_int8(cpuinfo)
     if not native:
         return "onnxruntime", None
     if importlib.util.find_spec("openvino") is None:

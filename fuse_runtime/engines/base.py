@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -35,6 +36,26 @@ UNBOUNDED_BATCH = 2**31 - 1
 REEXPORT_HINT = "re-export the model with fuse-export, which writes manifest.json and the ONNX metadata"
 
 
+class Pending(Protocol):
+    """A batch handed to ``Engine.submit``: ``result()`` waits for it and returns the fused batch (or
+    raises what the engine raised). Call it once."""
+
+    def result(self) -> np.ndarray: ...
+
+
+class Done:
+    """A batch that already ran, or failed to start (engines without asynchronous requests)."""
+
+    def __init__(self, value: np.ndarray | None = None, error: BaseException | None = None) -> None:
+        self._value, self._error = value, error
+
+    def result(self) -> np.ndarray:
+        if self._error is not None:
+            raise self._error
+        assert self._value is not None
+        return self._value
+
+
 class Engine(ABC):
     """A loaded fusion model ready to run batches.
 
@@ -46,7 +67,12 @@ class Engine(ABC):
         modalities: the model's two inputs, e.g. ``("ct", "mri")`` or ``("vis", "ir")``.
         provider: the backend actually in use (``"cpu"``, ``"cuda"``, ``"tensorrt"``).
         notices: messages for the user (e.g. a requested provider was missing and what was used).
+
+    ``in_flight``: how many batches a caller may ``submit`` before it takes the first result; 1 for
+    engines that run one call at a time, more for a throughput engine whose requests run at once.
     """
+
+    in_flight: int = 1
 
     path: Path
     image_size: int
@@ -79,6 +105,16 @@ class Engine(ABC):
         """
         ct, mri = self.check_inputs(ct, mri)
         return self._run(ct, mri)
+
+    def submit(self, ct: np.ndarray, mri: np.ndarray) -> Pending:
+        """Start fusing a batch (same inputs and checks as ``infer``) and return at once where the
+        engine runs requests asynchronously; ``result()`` on the returned object gives the fused batch.
+        Engines without asynchronous requests run it here and return it done. Input errors raise here."""
+        ct, mri = self.check_inputs(ct, mri)
+        try:
+            return Done(self._run(ct, mri))
+        except Exception as error:  # handed to result(), as an asynchronous engine would
+            return Done(error=error)
 
     def check_inputs(self, ct: np.ndarray, mri: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Validate shapes against the engine; return both as C-contiguous float32."""
@@ -117,6 +153,38 @@ class Engine(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def infer_batch(engine: Engine, ct: np.ndarray, mri: np.ndarray) -> np.ndarray:
+    """Run one batch ``ct [N,3,H,W]``, ``mri [N,1,H,W]`` → fused ``[N,3,H,W]``.
+
+    A batch below the engine's minimum (a fixed-batch engine) is padded with blank slices whose
+    results are dropped. Raises FuseError for any engine failure.
+    """
+    return submit_batch(engine, ct, mri)()
+
+
+def submit_batch(engine: Engine, ct: np.ndarray, mri: np.ndarray) -> Callable[[], np.ndarray]:
+    """Start one batch as ``infer_batch`` runs it and return at once where the engine runs requests
+    asynchronously; calling the result waits for the fused ``[N,3,H,W]`` or raises FuseError."""
+    count, low = len(ct), engine.batch_range[0]
+    if count < low:
+        ct = np.concatenate([ct, np.zeros((low - count, *ct.shape[1:]), np.float32)])
+        mri = np.concatenate([mri, np.zeros((low - count, *mri.shape[1:]), np.float32)])
+    try:
+        pending: Pending = engine.submit(ct, mri)
+    except Exception as error:  # reported with the result: a backend failure must not stop the other pairs
+        pending = Done(error=error)
+
+    def result() -> np.ndarray:
+        try:
+            return pending.result()[:count]
+        except FuseError:
+            raise
+        except Exception as error:
+            raise FuseError(f"the engine failed on this batch: {type(error).__name__}: {error}") from None
+
+    return result
 
 
 def find_manifest(model_path: Path) -> Manifest | None:

@@ -159,6 +159,21 @@ def test_auto_backend_follows_the_cpu_and_the_provider(provider: str, cpuinfo: s
         assert words in why and "amx_bf16" in why
 
 
+VNNI_ONLY = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_vnni\n"
+
+
+@pytest.mark.parametrize(("cpuinfo", "int8", "openvino"), [(VNNI_ONLY, True, True), (VNNI_ONLY, False, False),
+                                                            (AVX2_ONLY, True, False)])
+def test_auto_runs_the_int8_model_on_openvino_where_the_cpu_has_int8_dot_products(cpuinfo, int8, openvino) -> None:
+    """A VNNI CPU without bf16 runs model.int8.onnx on OpenVINO's int8 kernels, model.onnx on ONNX Runtime."""
+    backend, why = choose_backend("auto", cpuinfo=cpuinfo, int8=int8)
+    if HAS_ORT_CUDA or not HAS_OPENVINO:
+        assert backend == "onnxruntime"
+    else:
+        assert backend == ("openvino" if openvino else "onnxruntime")
+        assert (why is not None and "avx512_vnni" in why) == openvino
+
+
 def test_auto_falls_back_to_onnxruntime_when_openvino_cannot_open_the_model(model: Path, monkeypatch) -> None:
     import fuse_runtime.engines as engines
     from fuse_runtime.engines import openvino_engine
@@ -166,7 +181,7 @@ def test_auto_falls_back_to_onnxruntime_when_openvino_cannot_open_the_model(mode
     def refuse(self, path, **_):
         raise FuseError("OpenVINO cannot read the model (unsupported operation Foo)", path)
 
-    monkeypatch.setattr(engines, "choose_backend", lambda provider: ("openvino", "backend auto: OpenVINO, because"))
+    monkeypatch.setattr(engines, "choose_backend", lambda provider, **_: ("openvino", "backend auto: OpenVINO, because"))
     monkeypatch.setattr(openvino_engine.OpenVinoEngine, "__init__", refuse)
     with open_engine(model, threads=1) as engine:
         assert type(engine).__name__ == "OnnxRuntimeEngine"

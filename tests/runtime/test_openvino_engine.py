@@ -269,3 +269,23 @@ print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("streams", [0, 2])
+def test_throughput_streams_run_requests_side_by_side_with_the_latency_output(tmp_path: Path, streams: int) -> None:
+    model = write_max_fusion_onnx(tmp_path / "model.onnx", image_size=32)
+    rng = np.random.default_rng(0)
+    batches = [(rng.random((2, 3, 32, 32), dtype=np.float32), rng.random((2, 1, 32, 32), dtype=np.float32))
+               for _ in range(4)]
+    with open_engine(model, backend="openvino", threads=2) as latency:
+        assert latency.in_flight == 1 and latency.description.endswith("latency")
+    with open_engine(model, backend="openvino", threads=2, streams=streams) as engine:
+        assert engine.in_flight >= engine.streams >= 1 and "throughput" in engine.description
+        if streams == 2:
+            assert engine.streams == 2 and engine.in_flight >= 2
+        pending = [engine.submit(ct, mri) for ct, mri in batches[: engine.in_flight]]
+        for (ct, mri), started in zip(batches, pending):
+            np.testing.assert_allclose(started.result(), reference_fusion(ct, mri), rtol=0, atol=1e-6)
+        np.testing.assert_allclose(engine.infer(*batches[-1]), reference_fusion(*batches[-1]), rtol=0, atol=1e-6)
+        with pytest.raises(FuseError, match="streams"):
+            OpenVinoEngine(model, streams=-1)

@@ -284,3 +284,39 @@ def test_register_rigid_writes_the_transform_and_the_metric(engine, scans: Path,
 def test_same_grid_pairs_are_fused_as_before(engine, scans: Path, tmp_path: Path) -> None:
     report = run(engine, scans / "dicom", tmp_path, QUIET)
     assert report.pairs[0].alignment == {"method": "same-grid", "overlap": 1.0}
+
+class _Overlapping:
+    """Wraps an engine as a throughput engine of ``in_flight`` requests whose results are computed
+    only when taken, and records how many batches were submitted and not yet taken."""
+
+    def __init__(self, engine, in_flight: int) -> None:
+        self.engine, self.in_flight, self.outstanding, self.most = engine, in_flight, 0, 0
+
+    def __getattr__(self, name: str):
+        return getattr(self.engine, name)
+
+    def submit(self, ct: np.ndarray, mri: np.ndarray):
+        engine, ct, mri = self.engine, ct.copy(), mri.copy()
+        self.outstanding += 1
+        self.most = max(self.most, self.outstanding)
+        owner = self
+
+        class Pending:
+            def result(self) -> np.ndarray:
+                owner.outstanding -= 1
+                return engine.infer(ct, mri)
+
+        return Pending()
+
+
+def test_a_throughput_engine_gets_batches_side_by_side_with_the_same_outputs(engine, scans: Path, tmp_path: Path) -> None:
+    reference = tmp_path / "reference"
+    run(engine, scans, reference, QUIET)
+    overlapping = _Overlapping(engine, in_flight=3)
+    report = run(overlapping, scans, tmp_path / "async", RunOptions(batch_size=2, progress=False))
+    assert all(r.status == "ok" for r in report.pairs)
+    assert overlapping.most == 3 and overlapping.outstanding == 0
+    assert _files(tmp_path / "async").keys() == _files(reference).keys()
+    for name, content in _files(reference).items():
+        if name.endswith(".png"):
+            assert _files(tmp_path / "async")[name] == content, name
