@@ -64,7 +64,8 @@ _DEFAULTS = RunOptions()
 )
 @click.option(
     "--threads", type=click.IntRange(min=1), default=None,
-    help="CPU threads ONNX Runtime uses inside one engine call [default: ONNX Runtime's, one per core]. With "
+    help="CPU threads ONNX Runtime uses inside one engine call, or OpenVINO over all its streams [default: the "
+    "library's, one per core]. With "
     "--ray on a cluster without GPUs: threads (and CPUs reserved) per inference actor [default: 1].",
 )
 @click.option(

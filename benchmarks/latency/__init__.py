@@ -20,10 +20,14 @@ Backends, each measured in a fresh process so its peak resident memory is its ow
   exported from it with ``fuse_export.pipeline.run_export``;
 * ``openvino-cpu``: the OpenVINO engine (``fuse-ctmri[openvino]``) on every ``--onnx`` file: bf16 where the
   CPU computes it natively (AVX512-BF16/AMX), else f32; an INT8 QDQ file runs OpenVINO's int8 kernels;
+  latency mode (one stream, every thread per call), with its profile (time per layer type);
+* ``openvino-cpu-throughput``: the same engine with the throughput hint (OpenVINO's streams, one
+  asynchronous infer request per stream); one timed call runs one batch per request side by side;
 * ``tensorrt``: ``fuse_runtime.engines`` on ``--engine model.plan``, GPU only;
-* ``fuse-run`` / ``fuse-run-openvino``: the serving CLI end to end (read → preprocess → infer →
-  restore → write PNG) over every pair of ``--data``, once per model file and batch size, with its
-  default backend or ``--backend openvino``; throughput from its ``report.json``.
+* ``fuse-run`` / ``fuse-run-openvino`` / ``fuse-run-openvino-latency``: the serving CLI end to end
+  (read → preprocess → infer → restore → write PNG) over every pair of ``--data``, once per model file
+  and batch size, with its default backend, ``--backend openvino`` (its default: throughput streams)
+  or ``--backend openvino --streams 1``; throughput from its ``report.json``.
 
 A backend that cannot run here (no model for it, no GPU, a library missing) gets one row saying why.
 

@@ -22,6 +22,9 @@ class Backend:
     engine_backend, provider: what ``open_engine`` / ``fuse-run --backend/--provider`` are given
         (a fuse-run provider of None: ``auto`` on a GPU, else ``cpu``).
     needs_module: a package that must be importable; needs_gpu: an NVIDIA GPU must be visible.
+    streams: OpenVINO streams (``open_engine(streams=)``, ``fuse-run --streams``): 1 latency (one
+        stream, every thread per call), 0 throughput (OpenVINO chooses; a timed call then submits one
+        batch per infer request and waits for all); None: the backend's own default.
     """
 
     name: str
@@ -32,6 +35,8 @@ class Backend:
     provider: str | None = "cpu"
     needs_module: str | None = None
     needs_gpu: bool = False
+    streams: int | None = None
+    profile: bool = False
 
 
 TABLE: tuple[Backend, ...] = (
@@ -40,13 +45,18 @@ TABLE: tuple[Backend, ...] = (
     Backend("pytorch-compile", "torch", "checkpoint", "fp32"),
     Backend("onnxruntime-cpu", "engine", "onnx", engine_backend="onnxruntime"),
     Backend("onnxruntime-cuda", "engine", "onnx", engine_backend="onnxruntime", provider="cuda", needs_gpu=True),
-    Backend("openvino-cpu", "engine", "onnx", engine_backend="openvino", needs_module="openvino"),
+    Backend("openvino-cpu", "engine", "onnx", engine_backend="openvino", needs_module="openvino", streams=1,
+            profile=True),
+    Backend("openvino-cpu-throughput", "engine", "onnx", engine_backend="openvino", needs_module="openvino",
+            streams=0),
     Backend("tensorrt", "engine", "plan", engine_backend="tensorrt", provider="auto", needs_module="tensorrt",
             needs_gpu=True),
     # fuse-run names --provider (cpu, or auto on a GPU), which makes auto pick ONNX Runtime for a .onnx
     # (TensorRT for a .plan), so that row stays ONNX Runtime.
     Backend("fuse-run", "fuse-run", "onnx+plan", provider=None),
     Backend("fuse-run-openvino", "fuse-run", "onnx", engine_backend="openvino", needs_module="openvino"),
+    Backend("fuse-run-openvino-latency", "fuse-run", "onnx", engine_backend="openvino", needs_module="openvino",
+            streams=1),
 )
 """Every backend, in table order."""
 

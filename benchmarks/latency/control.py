@@ -175,6 +175,7 @@ class Run:
                 "--batch-size", str(batch), "--threads", str(self.threads),
                 "--provider", spec.provider or ("auto" if self.gpu else "cpu"),
                 "--backend", spec.engine_backend, "--quiet",
+                *(["--streams", str(spec.streams)] if spec.streams is not None else []),
             ]
             started = time.perf_counter()
             command = [sys.executable, "-c", FUSE_RUN_MAIN, str(peak_file), *arguments]

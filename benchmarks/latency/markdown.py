@@ -5,13 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from benchmarks.latency.backends import BY_NAME
+from benchmarks.latency.profile import profile_markdown
 from benchmarks.report import machine_markdown, markdown_table
 
 PROTOCOL = (
     "One call = host float32 inputs ct [N,3,S,S] + mri [N,1,S,S] → host float32 fused [N,3,S,S] "
     "(GPU rows include both copies; the clock is read after the result is on the host). After the "
     "warm-up calls, p50/p95/p99 are percentiles (linear interpolation) of the timed calls in ms per "
-    "batch; slices/s = batch / mean latency; GFLOP/s = counted FLOPs per slice × slices/s. RSS: "
+    "batch; slices/s = batch / mean latency (openvino-cpu-throughput: one call submits one batch per infer "
+    "request and waits for all, so slices/s = requests × batch / mean); GFLOP/s = counted FLOPs per slice × slices/s. RSS: "
     "peak resident memory (VmHWM) of the fresh process that ran the backend, after loading the model "
     "(load) and after the batches so far, run in ascending order (peak). GPU peak: PyTorch's allocator "
     "peak for PyTorch rows, the process's memory per nvidia-smi for the others. fuse-run rows: the CLI "
@@ -65,7 +67,13 @@ def latency_markdown(result: dict[str, Any]) -> str:
             f"({export['seconds']:.1f} s, parity {'passed' if export['parity_passed'] else 'FAILED'}), {where}.",
             "",
         ]
-    lines += [markdown_table(headers, rows), "", PROTOCOL]
+    lines += [markdown_table(headers, rows), "", PROTOCOL, ""]
+    for row in result["rows"]:
+        profile = (row.get("details") or {}).get("profile")
+        if profile and "error" not in profile:
+            lines += profile_markdown(row["label"], profile)
+        elif profile:
+            lines += [f"Profile of {row['label']}: not recorded ({profile['error']}).", ""]
     if result.get("command"):
         lines += ["", f"Command: `{result['command']}`"]
     lines += ["", "## Machine", "", machine_markdown(result["machine"])]

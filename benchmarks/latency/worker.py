@@ -63,6 +63,8 @@ class _Runner:
     reset_device_peak: Callable[[], None] = lambda: None
     device_peak_mib: Callable[[], float | None] = lambda: None
     close: Callable[[], None] = lambda: None
+    requests: int = 1
+    """Batches one timed call runs side by side (a throughput engine's infer requests)."""
 
 
 def worker_main(spec_path: str) -> None:
@@ -93,6 +95,8 @@ def worker_main(spec_path: str) -> None:
         for batch in batches:
             try:
                 row = _measure(runner, spec, ct, mri, batch)
+                if BY_NAME[spec["backend"]].profile and batch == batches[-1]:
+                    row["details"]["profile"] = _profile(spec, ct, mri, batch)
             except Exception as error:  # one batch failing (e.g. out of memory) must not hide the others
                 traceback.print_exc()
                 row = {"batch": batch, "status": "failed", "reason": _reason(error), "peak_rss_mib": peak_rss_mib()}
@@ -128,11 +132,21 @@ def _measure(runner: _Runner, spec: dict[str, Any], ct: np.ndarray, mri: np.ndar
         "batch": batch,
         "warmup": warmup,
         "iterations": len(seconds),
-        **latency_stats(seconds, batch),
+        **latency_stats(seconds, batch * runner.requests),
         "peak_rss_mib": peak_rss_mib(),
         "peak_device_mib": runner.device_peak_mib(),
         "details": {"first_call_s": first_call_s},
     }
+
+
+def _profile(spec: dict[str, Any], ct: np.ndarray, mri: np.ndarray, batch: int) -> dict[str, Any]:
+    """The OpenVINO profile of one batch, or why there is none (a profile never fails the row)."""
+    from benchmarks.latency.profile import profile_openvino
+
+    try:
+        return profile_openvino(spec["model"], spec["threads"], *batch_inputs(ct, mri, batch))
+    except Exception as error:  # the timing stands without it
+        return {"error": _reason(error)}
 
 
 def _open_backend(spec: dict[str, Any]) -> _Runner:
@@ -142,12 +156,22 @@ def _open_backend(spec: dict[str, Any]) -> _Runner:
     from fuse_runtime.engines import open_engine
 
     engine = open_engine(
-        spec["model"], provider=backend.provider or "auto", threads=spec["threads"], backend=backend.engine_backend
+        spec["model"], provider=backend.provider or "auto", threads=spec["threads"], backend=backend.engine_backend,
+        streams=1 if backend.streams is None else backend.streams,
     )
     details = {"engine": engine.description, "notices": list(engine.notices)}
     if backend.engine_backend == "openvino":
-        return _Runner(engine.infer, "cpu", openvino_precision(spec["file_precision"], engine.description), details,
-                       close=engine.close)
+        precision = openvino_precision(spec["file_precision"], engine.description)
+        requests = engine.in_flight
+
+        def side_by_side(ct: np.ndarray, mri: np.ndarray) -> np.ndarray:
+            started = [engine.submit(ct, mri) for _ in range(requests)]
+            results = [pending.result() for pending in started]
+            return results[0]
+
+        infer = engine.infer if requests == 1 else side_by_side
+        details["requests"] = requests
+        return _Runner(infer, "cpu", precision, details, close=engine.close, requests=requests)
     wanted = "tensorrt" if backend.engine_backend == "tensorrt" else backend.provider
     if engine.provider != wanted:
         engine.close()

@@ -20,6 +20,7 @@ from torch import nn
 
 from benchmarks import latency
 from benchmarks.latency.models import artifacts_of, openvino_precision
+from benchmarks.latency.profile import summarise
 from benchmarks.flops import ONNX_METHOD, count_onnx_flops, count_torch_flops
 from fuse_runtime.errors import FuseError
 from fuse_runtime.preprocess import PreprocessConfig
@@ -30,7 +31,10 @@ from fuse_train.model import FusionNet
 SIZE = 64
 PAIRS = ("11", "17", "25")
 BATCHES = (1, 2)
-MEASURED_ON_CPU = ("pytorch-eager", "onnxruntime-cpu", "openvino-cpu", "fuse-run", "fuse-run-openvino")
+MEASURED_ON_CPU = (
+    "pytorch-eager", "onnxruntime-cpu", "openvino-cpu", "openvino-cpu-throughput", "fuse-run", "fuse-run-openvino",
+    "fuse-run-openvino-latency",
+)
 
 
 def _strict_json(path: Path) -> dict:
@@ -121,7 +125,9 @@ def test_cpu_backends_are_measured_at_every_batch(full_run, backend):
         if not backend.startswith("fuse-run"):
             assert row["iterations"] == 2 and row["warmup"] == 0
             assert 0 < row["min_ms"] <= row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"]
-            assert row["slices_per_s"] == pytest.approx(row["batch"] * 1e3 / row["mean_ms"])
+            requests = row["details"].get("requests", 1)  # a throughput call runs one batch per request
+            assert requests >= 1 and (requests == 1 or backend == "openvino-cpu-throughput")
+            assert row["slices_per_s"] == pytest.approx(row["batch"] * requests * 1e3 / row["mean_ms"])
             assert row["setup_rss_mib"] <= row["peak_rss_mib"]
             assert row["threads"] == result["threads"] == 1
 
@@ -141,14 +147,47 @@ def test_openvino_rows_say_what_they_computed_in(full_run):
     the fuse-run row ran OpenVINO, not ONNX Runtime."""
     _, result = full_run
     expected = "bf16" if result["bf16"]["native"] else "fp32"
-    for row in _rows(result, "openvino-cpu"):
+    for row in _rows(result, "openvino-cpu") + _rows(result, "openvino-cpu-throughput"):
         assert row["precision"] == expected and "OpenVINO" in row["details"]["engine"]
         assert any("OpenVINO CPU" in notice for notice in row["details"]["notices"])
-    for row in _rows(result, "fuse-run-openvino"):
+        mode = "latency" if row["backend"] == "openvino-cpu" else "throughput"
+        assert f"..any, {mode}" in row["details"]["engine"]
+    for row in _rows(result, "fuse-run-openvino") + _rows(result, "fuse-run-openvino-latency"):
         assert row["precision"] == expected and row["details"]["engine"].startswith("OpenVINO")
         assert "--backend openvino" in row["details"]["command"]
+        latency_mode = row["backend"].endswith("-latency")
+        assert ("--streams 1" in row["details"]["command"]) == latency_mode
+        assert row["details"]["engine"].endswith("latency") == latency_mode
     for row in _rows(result, "fuse-run"):
         assert "--backend auto" in row["details"]["command"] and "ONNX Runtime" in row["details"]["engine"]
+
+
+def test_the_openvino_latency_row_at_the_largest_batch_carries_its_profile(full_run):
+    out, result = full_run
+    rows = {row["batch"]: row for row in _rows(result, "openvino-cpu")}
+    profile = rows[max(BATCHES)]["details"]["profile"]
+    assert all("profile" not in row["details"] for batch, row in rows.items() if batch != max(BATCHES))
+    assert profile["batch"] == max(BATCHES) and profile["ms_per_slice"] > 0 and profile["layers"] > 10
+    assert sum(group["share"] for group in profile["groups"]) == pytest.approx(1.0)
+    assert profile["groups"][0]["type"] in ("Convolution", "other")
+    assert f"### Profile: openvino-cpu model.onnx, batch {max(BATCHES)}" in (out / latency.MARKDOWN_NAME).read_text()
+
+
+def test_profile_summary_sums_by_operation_and_kernel():
+    layers = [
+        {"type": "Convolution", "exec_type": "brgconv_avx512_amx_I8", "ms": 6.0},
+        {"type": "Convolution", "exec_type": "brgconv_avx512_amx_I8", "ms": 2.0},
+        {"type": "Reorder", "exec_type": "ref_any_f32", "ms": 1.0},
+        {"type": "Interpolate", "exec_type": "jit_avx512_f32", "ms": 1.0},
+    ]
+    summary = summarise(layers, batch=2, top=2)
+    assert summary["ms_per_slice"] == 5.0 and summary["layers"] == 4
+    assert [(g["type"], g["ms_per_slice"]) for g in summary["groups"]] == [
+        ("Convolution", 4.0), ("Reorder", 0.5), ("other", 0.5)
+    ]
+    assert summary["int8_share"] == 0.8 and summary["reorder_share"] == 0.1 and summary["reference_share"] == 0.1
+    with pytest.raises(ValueError, match="at least one layer"):
+        summarise([], batch=1)
 
 
 @pytest.mark.parametrize(

@@ -297,6 +297,6 @@ def test_help_explains_every_option() -> None:
     result = CliRunner().invoke(main, ["--help"])
     assert result.exit_code == 0
     for option in ("--engine", "--in", "--out", "--batch-size", "--format", "--workers", "--threads", "--provider",
-                   "--overwrite", "--metrics", "--preview", "--gray", "--quiet"):
+                   "--overwrite", "--metrics", "--preview", "--gray", "--quiet", "--streams"):
         assert option in result.output
     assert "default: 8" in result.output and "default: auto" in result.output
