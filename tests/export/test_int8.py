@@ -250,3 +250,50 @@ def test_cli_int8_refusals_exit_2_before_touching_out(
 def test_int8_config_rejects_bad_values(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         Int8Config(**kwargs)
+
+
+def test_no_qdq_pair_only_rounds_a_tensor_between_float_nodes(graphs: tuple[onnx.ModelProto, onnx.ModelProto]) -> None:
+    """The float output convolution and channel-attention linears read their ReLU's float output, not
+    an 8-bit round trip; every remaining QDQ pair feeds at least one quantised node."""
+    fp32, int8 = graphs
+    kept = float_nodes(fp32)
+    floats = {name for names in kept.values() for name in names}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in int8.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    produced_by = {out: node for node in int8.graph.node for out in node.output}
+    for quant in (n for n in int8.graph.node if n.op_type == "QuantizeLinear"):
+        users = [u for d in consumers.get(quant.output[0], []) for u in consumers.get(d.output[0], [])]
+        assert any(user.name not in floats for user in users), quant.name
+    output_conv = next(n for n in int8.graph.node if n.name in floats and n.name.startswith("/final") and n.op_type == "Conv")
+    assert produced_by[output_conv.input[0]].op_type == "Relu"
+
+
+def test_fold_float_qdq_rewires_consumers_to_the_float_tensor() -> None:
+    from onnx import TensorProto, helper
+
+    from fuse_export.int8 import fold_float_qdq
+
+    scale = helper.make_tensor("s", TensorProto.FLOAT, [], [0.1])
+    zero = helper.make_tensor("z", TensorProto.UINT8, [], [0])
+    nodes = [
+        helper.make_node("Sigmoid", ["x"], ["a"], name="sig"),
+        helper.make_node("QuantizeLinear", ["a", "s", "z"], ["aq"], name="q"),
+        helper.make_node("DequantizeLinear", ["aq", "s", "z"], ["ad"], name="dq"),
+        helper.make_node("Mul", ["ad", "x"], ["y"], name="mul"),
+        helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"], name="q2"),
+        helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"], name="dq2"),
+        helper.make_node("Relu", ["xd"], ["r"], name="relu"),
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, [1]) for name in ("y", "r")], [scale, zero],
+    )
+    model = helper.make_model(graph)
+    assert fold_float_qdq(model, {"sig", "mul"}) == ["q"]
+    names = [node.name for node in model.graph.node]
+    assert names == ["sig", "q_relu", "mul", "q2", "dq2", "relu"]  # the pair feeding the quantised Relu stays
+    assert list(model.graph.node[1].input) == ["a"]  # zero point 0: the pair may stand for a dropped ReLU
+    assert list(model.graph.node[2].input) == ["aq_relu", "x"]
+    onnx.checker.check_model(model)
