@@ -285,6 +285,7 @@ def test_same_grid_pairs_are_fused_as_before(engine, scans: Path, tmp_path: Path
     report = run(engine, scans / "dicom", tmp_path, QUIET)
     assert report.pairs[0].alignment == {"method": "same-grid", "overlap": 1.0}
 
+
 class _Overlapping:
     """Wraps an engine as a throughput engine of ``in_flight`` requests whose results are computed
     only when taken, and records how many batches were submitted and not yet taken."""
