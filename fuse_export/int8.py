@@ -357,6 +357,7 @@ def fold_float_qdq(model: onnx.ModelProto, float_names: set[str]) -> list[str]:
     rename: dict[str, str] = {}
     removed: set[str] = set()
     relus: dict[str, onnx.NodeProto] = {}
+    constants: set[str] = set()
     folded: list[str] = []
     for quant in graph.node:
         if quant.op_type != "QuantizeLinear" or quant.output[0] in outputs:
@@ -377,6 +378,7 @@ def fold_float_qdq(model: onnx.ModelProto, float_names: set[str]) -> list[str]:
             source = relu.output[0]
         rename.update({d.output[0]: source for d in dequants})
         removed |= {quant.name, *(d.name for d in dequants)}
+        constants |= {*quant.input[1:], *(name for d in dequants for name in d.input[1:])}
         folded.append(quant.name)
     kept: list[onnx.NodeProto] = []
     for node in graph.node:
@@ -389,6 +391,10 @@ def fold_float_qdq(model: onnx.ModelProto, float_names: set[str]) -> list[str]:
             node.input[index] = rename.get(name, name)
     del graph.node[:]
     graph.node.extend(kept)
+    used = {name for node in kept for name in node.input}
+    unused = [tensor for tensor in graph.initializer if tensor.name in constants - used]
+    for tensor in unused:  # the folded pairs' scales and zero points
+        graph.initializer.remove(tensor)
     return sorted(folded)
 
 

@@ -78,7 +78,8 @@ _DEFAULTS = RunOptions()
     "--backend", type=click.Choice(BACKEND_CHOICES), default="auto", show_default=True,
     help="Inference library. auto: TensorRT for .plan; for .onnx OpenVINO bf16 on a CPU-only machine whose CPU "
     "has AVX512-BF16/AMX when OpenVINO is installed and no --provider is named (about 4x faster there at the "
-    "same fusion metrics), else ONNX Runtime; the choice and why are printed as a note. openvino: OpenVINO "
+    "same fusion metrics), and for model.int8.onnx also on CPUs with AMX-INT8/VNNI; else ONNX Runtime; the "
+    "choice and why are printed as a note. openvino: OpenVINO "
     "on the CPU (pip install 'fuse-ctmri[openvino]'; bf16 where the CPU has AVX512-BF16/AMX, else f32; reads "
     "model.onnx or model.int8.onnx). onnxruntime / tensorrt: force that library.",
 )

@@ -296,4 +296,29 @@ def test_fold_float_qdq_rewires_consumers_to_the_float_tensor() -> None:
     assert names == ["sig", "q_relu", "mul", "q2", "dq2", "relu"]  # the pair feeding the quantised Relu stays
     assert list(model.graph.node[1].input) == ["a"]  # zero point 0: the pair may stand for a dropped ReLU
     assert list(model.graph.node[2].input) == ["aq_relu", "x"]
+    assert {t.name for t in model.graph.initializer} == {"s", "z"}  # still read by the pair that stays
+    onnx.checker.check_model(model)
+
+
+def test_fold_float_qdq_with_a_nonzero_zero_point_needs_no_relu_and_drops_its_constants() -> None:
+    from onnx import TensorProto, helper
+
+    from fuse_export.int8 import fold_float_qdq
+
+    scale = helper.make_tensor("s", TensorProto.FLOAT, [], [0.1])
+    zero = helper.make_tensor("z", TensorProto.UINT8, [], [3])  # a clamp below zero: no ReLU was dropped
+    nodes = [
+        helper.make_node("Sigmoid", ["x"], ["a"], name="sig"),
+        helper.make_node("QuantizeLinear", ["a", "s", "z"], ["aq"], name="q"),
+        helper.make_node("DequantizeLinear", ["aq", "s", "z"], ["ad"], name="dq"),
+        helper.make_node("Mul", ["ad", "x"], ["y"], name="mul"),
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])], [scale, zero],
+    )
+    model = helper.make_model(graph)
+    assert fold_float_qdq(model, {"sig", "mul"}) == ["q"]
+    assert [node.name for node in model.graph.node] == ["sig", "mul"] and not model.graph.initializer
+    assert list(model.graph.node[1].input) == ["a", "x"]
     onnx.checker.check_model(model)
