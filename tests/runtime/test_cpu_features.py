@@ -40,3 +40,16 @@ def test_the_engine_and_the_trainer_ask_the_same_function() -> None:
 
     assert openvino_engine.native_bf16 is cpu_features.native_bf16
     assert trainer.has_native_bf16 is cpu_features.has_native_bf16
+
+
+@pytest.mark.parametrize(
+    ("cpuinfo", "native", "words"),
+    [
+        ("flags\t\t: fpu avx2 avx512f avx512_vnni\n", True, "(avx512_vnni)"),
+        ("flags\t\t: fpu avx2 avx_vnni amx_int8\n", True, "(amx_int8, avx_vnni)"),
+        ("flags\t\t: fpu sse2 avx avx2 fma\n", False, "no int8 dot products"),
+    ],
+)
+def test_int8_dot_products_are_read_from_the_same_flags(cpuinfo: str, native: bool, words: str) -> None:
+    found, why = cpu_features.native_int8(cpuinfo)
+    assert found == native and words in why

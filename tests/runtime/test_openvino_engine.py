@@ -192,7 +192,7 @@ def test_unreadable_model_is_a_fuse_error(tmp_path: Path) -> None:
 
 def test_missing_openvino_says_how_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "openvino", None)  # makes `import openvino` raise ImportError
-    with pytest.raises(FuseError, match=r"pip install 'fuse\[openvino\]'"):
+    with pytest.raises(FuseError, match=r"pip install 'fuse-ctmri\[openvino\]'"):
         open_engine(write_max_fusion_onnx(tmp_path / "model.onnx"), backend="openvino")
 
 
