@@ -32,11 +32,12 @@ from tqdm import tqdm
 
 from benchmarks.report import command_line, machine_info, machine_markdown, markdown_table, write_json, write_text
 from fuse_runtime import baselines, metrics
+from fuse_runtime.api import fuse_pair
 from fuse_runtime.atomic import atomic_path
 from fuse_runtime.engines import BACKEND_CHOICES, PROVIDER_CHOICES
+from fuse_runtime.engines.base import Engine
 from fuse_runtime.errors import FuseError
 from fuse_runtime.pairing import TASKS, Pair, PairProblem, find_pairs, load_pair
-from fuse_runtime.preprocess import PreprocessConfig, prepare_pair, restore_geometry
 
 JSON_NAME = "quality.json"
 MARKDOWN_NAME = "quality.md"
@@ -208,27 +209,19 @@ def engine_method(path: str | Path, provider: str = "auto", backend: str = "auto
     where = engine.provider
     if getattr(engine, "backend", None) == "openvino":
         where = f"OpenVINO {engine.provider} {engine.precision}"
-    fuse = _model_fuser(engine.infer, engine.preprocess, engine.batch_range)
-    return Method(MODEL_METHOD, f"fuse model ({Path(path).name}, {where})", fuse, details, engine.close)
+    return Method(MODEL_METHOD, f"fuse model ({Path(path).name}, {where})", _model_fuser(engine), details, engine.close)
 
 
 def checkpoint_method(path: str | Path, task: str) -> Method:
     """The trained PyTorch model of a fuse-train checkpoint, in eval mode on the CPU."""
-    import torch
+    from fuse_train.torch_engine import TorchEngine
 
-    from fuse_train.checkpoint import load_model
-
-    model, config, info = load_model(path)
+    engine = TorchEngine.from_checkpoint(path)
+    info = engine.info
     if info.get("task", task) != task:
         raise FuseError(f"the checkpoint is a {info['task']} model but --task is {task}; pass --task {info['task']}", path)
-
-    def infer(first: np.ndarray, second: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            return model(torch.from_numpy(first), torch.from_numpy(second)).float().numpy()
-
     details = {"checkpoint": str(path), "epoch": info.get("epoch"), "val_loss": info.get("val_loss")}
-    fuse = _model_fuser(infer, config.preprocess, (1, MODEL_BATCH))
-    return Method(MODEL_METHOD, f"fuse model ({Path(path).name}, PyTorch eager)", fuse, details)
+    return Method(MODEL_METHOD, f"fuse model ({Path(path).name}, PyTorch eager)", _model_fuser(engine), details)
 
 
 def model_method(checkpoint: Path | None, engine: Path | None, data: str | Path, task: str = "ct-mri") -> Method:
@@ -327,42 +320,14 @@ def _baseline_fuser(rule: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Fus
     return fuse
 
 
-def _model_fuser(
-    infer: Callable[[np.ndarray, np.ndarray], np.ndarray],
-    preprocess: PreprocessConfig,
-    batch_range: tuple[int, int],
-) -> FuseFn:
+def _model_fuser(engine: Engine) -> FuseFn:
     def fuse(pair: Pair, first8: np.ndarray, second8: np.ndarray) -> np.ndarray:
-        first, second = load_pair(pair)
-        prepared = prepare_pair(first, second, pair.roles, preprocess)
-        fused = _infer_in_batches(infer, prepared.first, prepared.second, batch_range)
-        restored = restore_geometry(fused, prepared.restore)
+        restored = fuse_pair(engine, *load_pair(pair), pair.roles, MODEL_BATCH)
         if restored.shape[0] != 1:
             raise FuseError(f"the pair has {restored.shape[0]} slices; the quality benchmark scores 2-D pairs")
         return metrics.to_8bit(restored[0].transpose(1, 2, 0))
 
     return fuse
-
-
-def _infer_in_batches(
-    infer: Callable[[np.ndarray, np.ndarray], np.ndarray],
-    first: np.ndarray,
-    second: np.ndarray,
-    batch_range: tuple[int, int],
-) -> np.ndarray:
-    """Run ``[S,...]`` inputs in chunks the model accepts; a chunk below the minimum is padded by
-    repeating its last slice and the padding dropped again."""
-    low, high = batch_range
-    chunk = max(1, min(high, MODEL_BATCH))
-    outputs = []
-    for start in range(0, first.shape[0], chunk):
-        a, b = first[start : start + chunk], second[start : start + chunk]
-        count = a.shape[0]
-        if count < low:
-            a = np.concatenate([a, np.repeat(a[-1:], low - count, axis=0)])
-            b = np.concatenate([b, np.repeat(b[-1:], low - count, axis=0)])
-        outputs.append(np.asarray(infer(a, b), dtype=np.float32)[:count])
-    return np.concatenate(outputs)
 
 
 def _means(per_pair: dict[str, dict[str, float]]) -> dict[str, float]:

@@ -21,6 +21,7 @@ from fuse_export.int8 import CALIBRATION_METHODS, Int8Config
 from fuse_export.pipeline import run_export
 from fuse_export.triton import DEFAULT_NAME
 from fuse_runtime.errors import FuseError
+from fuse_runtime.version import version_option
 
 EXIT_OK = 0
 EXIT_USER_ERROR = 2
@@ -45,6 +46,7 @@ def _format_help() -> str:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@version_option("fuse-export")
 @click.option("--checkpoint", required=True, type=click.Path(path_type=Path),
               help="Checkpoint written by fuse-train for the ct-mri task (e.g. RUN/best.pt).")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),

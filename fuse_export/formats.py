@@ -81,6 +81,7 @@ from fuse_runtime.manifest import (
 from fuse_runtime.preprocess import PreprocessConfig
 from fuse_train.checkpoint import file_sha256
 from fuse_train.model import FusionNet
+from fuse_train.torch_engine import TorchEngine
 
 Log = Callable[[str], None]
 
@@ -141,10 +142,7 @@ class ExportContext:
         """Run ``runner`` on the samples and compare it with PyTorch FP32 (computed once)."""
         batch = self.config.batch[2]
         if self._reference is None:
-            with torch.no_grad():
-                reference = run_batched(
-                    lambda ct, mri: self.model(torch.from_numpy(ct), torch.from_numpy(mri)).numpy(), self.samples, batch
-                )
+            reference = run_batched(TorchEngine(self.model, self.preprocess).infer, self.samples, batch)
             self._reference = reference, sample_metrics(self.samples, reference)
         reference, metrics = self._reference
         output = run_batched(runner, self.samples, batch)

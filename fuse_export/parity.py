@@ -26,6 +26,7 @@ from fuse_export.config import Tolerances
 from fuse_export.samples import Samples, default_parity_dir, load_samples
 from fuse_runtime import metrics
 from fuse_runtime.errors import FuseError
+from fuse_runtime.inference import infer_chunks
 
 __all__ = [
     "FP16",
@@ -90,12 +91,9 @@ class Comparison:
 
 
 def run_batched(runner: Runner, samples: Samples, batch: int) -> np.ndarray:
-    """Run ``runner`` over the samples in batches of at most ``batch``; returns [N,3,S,S] float32."""
-    outputs = [
-        runner(samples.ct[start : start + batch], samples.mri[start : start + batch])
-        for start in range(0, len(samples.names), batch)
-    ]
-    return np.concatenate(outputs).astype(np.float32, copy=False)
+    """Run ``runner`` over the samples in batches of at most ``batch`` (``fuse_runtime.inference.infer_chunks``);
+    returns [N,3,S,S] float32."""
+    return infer_chunks(runner, samples.ct, samples.mri, batch)
 
 
 def compare(

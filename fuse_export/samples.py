@@ -1,7 +1,7 @@
 """Registered CT/MRI pairs read and preprocessed exactly as serving does, for parity, calibration and
 latency inputs: the one sample loader of fuse_export.
 
-``fuse_runtime.pairing.find_pairs`` → ``load_pair`` → ``preprocess.prepare_pair`` with the model's own
+``fuse_runtime.pairing.find_pairs`` → ``pipeline.read_pair`` (fuse-run's reader) with the model's own
 PreprocessConfig. Pairs are picked evenly over the folder's pairs sorted by name; a volume gives its
 middle slice (``slices="middle"``) or every slice (``slices="all"``, taken in order until ``count``).
 A slice of a volume is named ``pair[index]``, a 2-D pair by its name. A pair that cannot be read is
@@ -22,9 +22,10 @@ from typing import Literal
 import numpy as np
 
 from fuse_runtime.errors import FuseError
-from fuse_runtime.pairing import find_pairs, load_pair
+from fuse_runtime.pairing import find_pairs
 from fuse_runtime.phantoms import write_phantoms
-from fuse_runtime.preprocess import PreprocessConfig, prepare_pair
+from fuse_runtime.pipeline import read_pair
+from fuse_runtime.preprocess import PreprocessConfig
 
 
 @dataclass
@@ -90,7 +91,7 @@ def _load(
             break
         pair = report.pairs[int(index)]
         try:
-            prepared = prepare_pair(*load_pair(pair), pair.roles, config)
+            _, prepared, _ = read_pair(pair, config, native=False)
         except FuseError as error:
             problems.append(str(error))
             continue

@@ -22,6 +22,7 @@ from fuse_runtime.engines.base import Engine
 from fuse_runtime.errors import FuseError
 from fuse_runtime.pipeline import FORMATS, RunOptions, run
 from fuse_runtime.report import REPORT_NAME
+from fuse_runtime.version import version_option
 
 EXIT_FAILED_PAIRS = 1
 EXIT_USAGE = 2
@@ -32,6 +33,7 @@ _DEFAULTS = RunOptions()
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@version_option("fuse-run")
 @click.option(
     "--engine", "engine_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
     help="Exported model: model.onnx (ONNX Runtime) or model.plan (TensorRT), as written by fuse-export. "

@@ -39,6 +39,7 @@ from fuse_runtime import resume, writers
 from fuse_runtime.atomic import ensure_writable, run_tag
 from fuse_runtime.engines.base import Engine, infer_batch, submit_batch
 from fuse_runtime.errors import FuseError
+from fuse_runtime.inference import infer_batch
 from fuse_runtime.outlock import OutputLock, Owner, check_folders, new_run_id
 from fuse_runtime.pairing import Pair, PairProblem, find_pairs, load_pair
 from fuse_runtime.preprocess import (

@@ -20,6 +20,7 @@ from click.core import ParameterSource
 
 from fuse_runtime.errors import FuseError
 from fuse_runtime.preprocess import PreprocessConfig
+from fuse_runtime.version import version_option
 from fuse_train.config import DetailTarget, Head, LossWeights, TrainConfig
 
 #: Exit status for a FuseError (a problem the user can fix); click's usage errors also exit 2.
@@ -117,6 +118,7 @@ def _options(command: Callable) -> Callable:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@version_option("fuse-train")
 @click.option("--task", type=click.Choice(["ct-mri", "vis-ir"]), default=None,
               help="ct-mri: fine-tune on CT/ + MRI/ pairs; vis-ir: pretrain on vi/ + ir/ pairs (TNO, RoadScene).  [default: ct-mri]")
 @click.option("--data", type=click.Path(path_type=Path), default=None,
