@@ -41,7 +41,7 @@ from fuse_runtime.engines.base import Engine, infer_batch, submit_batch
 from fuse_runtime.errors import FuseError
 from fuse_runtime.inference import infer_batch
 from fuse_runtime.outlock import OutputLock, Owner, check_folders, new_run_id
-from fuse_runtime.pairing import Pair, PairProblem, find_pairs, load_pair
+from fuse_runtime.pairing import TASKS, Pair, PairProblem, find_pairs, load_pair
 from fuse_runtime.preprocess import (
     PreparedPair,
     PreprocessConfig,
@@ -310,7 +310,8 @@ def write_pair(
                 ct_native, mri_native = native
                 if options.preview and job.preview is not None:
                     middle = len(images) // 2
-                    writers.write_preview(job.preview, ct_native[middle], mri_native[middle], images[middle])
+                    writers.write_preview(job.preview, ct_native[middle], mri_native[middle], images[middle],
+                                          TASKS[job.pair.task].labels)
                     result.outputs.append(str(job.preview))
                 if options.metrics:
                     result.metrics = pair_metrics(ct_native, mri_native, images)

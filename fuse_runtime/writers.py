@@ -57,8 +57,12 @@ DICOM_SLICE_NAME = "IM_{index:05d}.dcm"
 COPIED_DICOM_TAGS = STUDY_KEYWORDS
 NOT_FOR_DIAGNOSTIC_USE = "NOT FOR DIAGNOSTIC USE"
 FUSED_SERIES_DESCRIPTION = f"Fused CT+MRI (fuse) - {NOT_FOR_DIAGNOSTIC_USE}"
-
 FUSED_SERIES_NUMBER = 9001
+#: Label band of a preview sheet: 10 % of a panel's width (at least 12 px), text about half its height.
+PREVIEW_HEADER_PER_PIXEL = 0.1
+PREVIEW_MIN_HEADER = 12
+PREVIEW_TEXT_HEIGHT_PER_SCALE = 44.0
+PREVIEW_BAND_GRAY = 32
 
 
 def to_display(fused: np.ndarray, gray: bool = False) -> np.ndarray:
@@ -188,12 +192,36 @@ def write_dicom_series(
     return target
 
 
-def write_preview(path: str | Path, ct: np.ndarray, mri: np.ndarray, fused: np.ndarray) -> Path:
-    """Side-by-side CT | MRI | fused PNG: ``ct``, ``mri`` float [H,W] in [0,1]; ``fused`` uint8 [H,W,3] or [H,W]."""
+def write_preview(
+    path: str | Path, ct: np.ndarray, mri: np.ndarray, fused: np.ndarray, labels: tuple[str, str] = ("CT", "MRI")
+) -> Path:
+    """A labelled CT | MRI | fused sheet as PNG: ``ct``, ``mri`` float [H,W] in [0,1]; ``fused`` uint8
+    [H,W,3] or [H,W]. ``labels`` name the two sources (``("visible", "infrared")`` for vis-ir)."""
     gray = [np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8) for image in (ct, mri)]
     panels = [np.repeat(image[..., None], 3, axis=2) for image in gray]
     panels.append(fused if fused.ndim == 3 else np.repeat(fused[..., None], 3, axis=2))
-    return write_png(path, np.concatenate(panels, axis=1))
+    return write_png(path, label_sheet(panels, (*labels, "fused")))
+
+
+def preview_header(width: int) -> int:
+    """Height in pixels of the label band above panels ``width`` pixels wide."""
+    return max(PREVIEW_MIN_HEADER, round(PREVIEW_HEADER_PER_PIXEL * width))
+
+
+def label_sheet(panels: Sequence[np.ndarray], labels: Sequence[str]) -> np.ndarray:
+    """Equal-size uint8 RGB panels ``[H,W,3]`` side by side under a dark band naming each (OpenCV text)."""
+    if len(panels) != len(labels):
+        raise ValueError(f"{len(panels)} panels but {len(labels)} labels")
+    width = panels[0].shape[1]
+    height = preview_header(width)
+    band = np.full((height, width * len(panels), 3), PREVIEW_BAND_GRAY, dtype=np.uint8)
+    scale = height / PREVIEW_TEXT_HEIGHT_PER_SCALE
+    thickness = max(1, round(scale * 1.5))
+    for index, label in enumerate(labels):
+        (text_width, text_height), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+        origin = (index * width + max(0, (width - text_width) // 2), (height + text_height) // 2)
+        cv2.putText(band, label, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thickness, cv2.LINE_AA)
+    return np.concatenate([band, np.concatenate(panels, axis=1)], axis=0)
 
 
 @contextlib.contextmanager

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from engine_models import build_scan_tree, fuse_directly, read_output, write_max_fusion_onnx
+from fuse_runtime import writers
 from fuse_runtime.engines import open_engine
 from fuse_runtime.errors import FuseError
 from fuse_runtime.io import read_scan
@@ -144,7 +145,8 @@ def test_metrics_and_previews(engine, scans: Path, tmp_path: Path) -> None:
         assert preview.parent.is_relative_to(tmp_path / "preview")
         image = cv2.imread(str(preview))
         ct = read_scan(Path(result.inputs[0]), modality="CT")
-        assert image.shape == (ct.pixels.shape[-2], 3 * ct.pixels.shape[-1], 3)
+        width = ct.pixels.shape[-1]
+        assert image.shape == (writers.preview_header(width) + ct.pixels.shape[-2], 3 * width, 3)
     assert report.pairs[0].metrics["EN"] > 0
 
 

@@ -198,9 +198,24 @@ def test_preview_is_three_panels(tmp_path: Path) -> None:
     ct, mri = np.zeros((10, 12), np.float32), np.ones((10, 12), np.float32)
     fused = _fused((1, 10, 12))[0]
     image = cv2.imread(str(writers.write_preview(tmp_path / "p.png", ct, mri, fused)))
-    assert image.shape == (10, 36, 3)
-    assert (image[:, :12] == 0).all() and (image[:, 12:24] == 255).all()
-    np.testing.assert_array_equal(cv2.cvtColor(image[:, 24:], cv2.COLOR_BGR2RGB), fused)
+    top = writers.preview_header(12)
+    assert image.shape == (top + 10, 36, 3)
+    assert (image[top:, :12] == 0).all() and (image[top:, 12:24] == 255).all()
+    np.testing.assert_array_equal(cv2.cvtColor(image[top:, 24:], cv2.COLOR_BGR2RGB), fused)
+
+
+def test_preview_sheet_names_its_panels(tmp_path: Path) -> None:
+    gray = np.full((128, 128), 0.5, np.float32)
+    fused = np.full((128, 128, 3), 128, np.uint8)
+    image = cv2.imread(str(writers.write_preview(tmp_path / "p.png", gray, gray, fused, ("visible", "infrared"))))
+    top = writers.preview_header(128)
+    assert top >= 12 and image.shape == (top + 128, 384, 3)
+    band = image[:top]
+    # white text in each panel's part of the band, on the dark band colour elsewhere
+    assert all((band[:, i * 128 : (i + 1) * 128] > 200).any() for i in range(3))
+    assert (band[:, :, 0] == writers.PREVIEW_BAND_GRAY).mean() > 0.6
+    longer = cv2.imread(str(writers.write_preview(tmp_path / "q.png", gray, gray, fused)))
+    assert not np.array_equal(longer[:top], band)  # "CT | MRI" is drawn, not "visible | infrared"
 
 
 def test_atomic_dir_replaces_a_folder_only_on_success(tmp_path: Path) -> None:
