@@ -135,12 +135,15 @@ class Fuser:
         output_format: str = "auto",
         gray: bool = False,
         overwrite: bool = False,
+        register: str | None = None,
     ) -> Path:
         """Read a CT and an MRI (any format fuse-run reads), fuse them and write ``out_path`` as fuse-run would.
 
         ``out_path`` ending ``.png``, ``.nii.gz``/``.nii`` or ``.dcm`` is one file of that format;
         any other path is a folder of slices in ``output_format`` (auto: the input's kind, as
-        fuse-run). An existing ``out_path`` is kept unless ``overwrite``. Returns ``out_path``.
+        fuse-run). An existing ``out_path`` is kept unless ``overwrite``. An MRI on another grid is
+        resampled onto the CT's by world coordinates, or registered first with ``register="rigid"``
+        (``fuse-run --register``). Returns ``out_path``.
         Raises FuseError for unreadable or unregistered inputs, or an output that cannot be written.
         """
         out_path = Path(out_path)
@@ -149,13 +152,13 @@ class Fuser:
         if out_path.exists() and not overwrite:
             raise FuseError("the output exists; pass overwrite=True to replace it", out_path)
         pair = Pair(Path(ct_path).name, Path(ct_path), Path(mri_path), "image", self.task)  # type: ignore[arg-type]
-        ct, mri = load_pair(pair)
+        ct, mri = load_pair(pair, register)
         pair = Pair(pair.name, pair.first, pair.second, _KINDS[ct.source_format], self.task)  # type: ignore[arg-type]
         fmt, single = _output_plan(out_path, pair.kind, output_format)
         prepared = prepare_pair(ct, mri, pair.roles, self.engine.preprocess)
         fused = infer_slices(self.engine, prepared.first, prepared.second, self.batch_size)
         job = Job(0, pair, out_path, fmt, single, None, PairResult(name=pair.name, inputs=[str(ct_path), str(mri_path)]))
-        options = RunOptions(batch_size=self.batch_size, gray=gray, progress=False)
+        options = RunOptions(batch_size=self.batch_size, gray=gray, progress=False, register=register)
         write_pair(job, ct, prepared.restore, None, fused, options, self.engine.description)
         if job.result.status != "ok":
             raise FuseError(job.result.error or "the result could not be written", out_path)
