@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 from fuse_runtime import Fuser, baselines, metrics
@@ -42,7 +43,13 @@ def demo_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("demo")
     samples = write_phantoms(folder / "samples")
     # The demo's recipe, two of its epochs (the select head fuses from the first step; later epochs refine).
-    result = CliRunner().invoke(train_main, [*demo_train_args(samples, folder / "run"), *SHORTER, "--no-progress"])
+    # One thread: at 96 px crops a second OpenMP thread mostly spins (measured ~5x the CPU time on a busy 2-core box).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = CliRunner().invoke(train_main, [*demo_train_args(samples, folder / "run"), *SHORTER, "--no-progress"])
+    finally:
+        torch.set_num_threads(threads)
     assert result.exit_code == 0, result.output
     return folder / "run" / "best.pt"
 
