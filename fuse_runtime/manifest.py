@@ -72,7 +72,7 @@ class Manifest:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Manifest":
+    def from_dict(cls, data: dict[str, Any]) -> Manifest:
         return cls(
             image_size=int(data["image_size"]),
             preprocess=PreprocessConfig.from_dict(data["preprocess"]),

@@ -72,7 +72,7 @@ class OutputLock:
         self.unlocked = False
         self._fd: int | None = None
 
-    def acquire(self) -> "OutputLock":
+    def acquire(self) -> OutputLock:
         """Take the lock; FuseError naming the running owner when it is held and not ``wait``.
 
         ``previous`` is then the last owner recorded in the file (gone, since the lock was free).
@@ -113,7 +113,7 @@ class OutputLock:
             os.close(self._fd)
             self._fd = None
 
-    def __enter__(self) -> "OutputLock":
+    def __enter__(self) -> OutputLock:
         return self.acquire()
 
     def __exit__(self, *exc: Any) -> None:

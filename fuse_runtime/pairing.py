@@ -100,7 +100,7 @@ class PairProblem:
     reason: str
 
     @classmethod
-    def from_error(cls, pair: Pair, error: FuseError) -> "PairProblem":
+    def from_error(cls, pair: Pair, error: FuseError) -> PairProblem:
         return cls(pair.name, (pair.first, pair.second), str(error))
 
     def __str__(self) -> str:

@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from fuse_runtime import resume, writers
 from fuse_runtime.atomic import ensure_writable, run_tag
-from fuse_runtime.engines.base import Engine, infer_batch, submit_batch
+from fuse_runtime.engines.base import Engine, submit_batch
 from fuse_runtime.errors import FuseError
 from fuse_runtime.inference import infer_batch
 from fuse_runtime.outlock import OutputLock, Owner, check_folders, new_run_id

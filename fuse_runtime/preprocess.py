@@ -93,7 +93,7 @@ class PreprocessConfig:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "PreprocessConfig":
+    def from_dict(cls, data: dict[str, Any]) -> PreprocessConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:

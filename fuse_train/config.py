@@ -62,7 +62,7 @@ class LossWeights:
                 raise ValueError(f"loss weight {f.name} must be >= 0, got {getattr(self, f.name)}")
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "LossWeights":
+    def from_dict(cls, data: dict[str, Any]) -> LossWeights:
         """From a run's ``config.json`` ``loss`` section; the options since removed (see
         :data:`REMOVED_OPTIONS`) are dropped where they hold their neutral value and refused otherwise,
         so checkpoints written before their removal still load."""
@@ -149,7 +149,7 @@ class TrainConfig:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:

@@ -130,7 +130,7 @@ class FusionNet(nn.Module):
             encoder.requires_grad_(not frozen)
             encoder.train(self.training and not frozen)
 
-    def train(self, mode: bool = True) -> "FusionNet":
+    def train(self, mode: bool = True) -> FusionNet:
         """Set train/eval mode; frozen encoders stay in eval mode so their BatchNorm stats hold."""
         super().train(mode)
         if self._encoders_frozen:

@@ -139,7 +139,7 @@ class EngineInfo:
     notices: list[str] = field(default_factory=list)
 
     @classmethod
-    def of(cls, engine: Engine) -> "EngineInfo":
+    def of(cls, engine: Engine) -> EngineInfo:
         return cls(
             path=str(engine.path),
             description=engine.description,

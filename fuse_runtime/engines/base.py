@@ -148,7 +148,7 @@ class Engine(ABC):
     def close(self) -> None:
         """Release the backend's resources (device memory, sessions)."""
 
-    def __enter__(self) -> "Engine":
+    def __enter__(self) -> Engine:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -8,7 +8,7 @@ or CUDA build newer than the driver supports. No import of tensorrt or CUDA here
 from __future__ import annotations
 
 import subprocess
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 from fuse_runtime.install import GPU_INSTALL
@@ -49,7 +49,7 @@ def versions_text(tensorrt: str | None, cuda_runtime: str | None, device: int = 
     )
 
 
-@lru_cache(maxsize=None)
+@cache
 def shared_logger(trt: Any) -> Any:
     """The process's one ``trt.Logger`` (TensorRT keeps the first logger it sees for the process)."""
     return trt.Logger(trt.Logger.WARNING)

@@ -60,7 +60,7 @@ def _decode(path: Path) -> np.ndarray:
     try:
         buffer = np.fromfile(path, dtype=np.uint8)
     except OSError as error:
-        raise FuseError(f"cannot read the file ({error.strerror}): check the path and its permissions", path)
+        raise FuseError(f"cannot read the file ({error.strerror}): check the path and its permissions", path) from None
     if buffer.size == 0:
         raise FuseError("the file is empty: re-export or re-copy the image", path)
     damage = png_damage(buffer.tobytes()) if buffer[:8].tobytes() == PNG_SIGNATURE else None

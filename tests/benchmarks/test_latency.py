@@ -19,9 +19,9 @@ from click.testing import CliRunner
 from torch import nn
 
 from benchmarks import latency
+from benchmarks.flops import ONNX_METHOD, count_torch_flops
 from benchmarks.latency.models import artifacts_of, openvino_precision
 from benchmarks.latency.profile import summarise
-from benchmarks.flops import ONNX_METHOD, count_onnx_flops, count_torch_flops
 from fuse_runtime.errors import FuseError
 from fuse_runtime.preprocess import PreprocessConfig
 from fuse_train.checkpoint import save_checkpoint

@@ -8,9 +8,9 @@ import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from engine_models import build_scan_tree, read_output, write_max_fusion_onnx
 
 import fuse_runtime
-from engine_models import build_scan_tree, read_output, write_max_fusion_onnx
 from fuse_runtime.api import Fuser, as_scan, fuse_files
 from fuse_runtime.cli import main
 from fuse_runtime.errors import FuseError

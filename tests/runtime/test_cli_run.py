@@ -19,9 +19,9 @@ import pydicom
 import pytest
 import torch
 from click.testing import CliRunner
+from engine_models import build_scan_tree, fuse_directly, read_output, write_max_fusion_onnx
 from pydicom.data import get_testdata_file
 
-from engine_models import build_scan_tree, fuse_directly, read_output, write_max_fusion_onnx
 from fuse_export.config import ExportConfig
 from fuse_export.pipeline import run_export
 from fuse_runtime.cli import main

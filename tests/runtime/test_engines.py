@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-
 from engine_models import reference_fusion, write_max_fusion_onnx
+
 from fuse_runtime.engines import UNBOUNDED_BATCH, choose_backend, open_engine
 from fuse_runtime.engines.onnxruntime_engine import PROVIDERS
 from fuse_runtime.engines.tensorrt_engine import _capability, _release

@@ -8,8 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import fuse_runtime.errors
 from engine_models import write_max_fusion_onnx
+
+import fuse_runtime.errors
 
 # (fuse_runtime.errors, not fuse_runtime: outside the repository the editable install may resolve the
 # package as a namespace package without __file__.)

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-
 from engine_models import build_scan_tree, read_output, reference_fusion, write_max_fusion_onnx
+
 from fuse_export.config import ExportConfig
 from fuse_export.parity import Samples, load_samples
 from fuse_export.pipeline import run_export

@@ -10,8 +10,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
 from engine_models import build_scan_tree, fuse_directly, read_output, write_max_fusion_onnx
+
 from fuse_runtime import writers
 from fuse_runtime.engines import open_engine
 from fuse_runtime.errors import FuseError

@@ -25,9 +25,9 @@ import pytest
 import ray
 import torch
 from click.testing import CliRunner
+from engine_models import build_scan_tree
 from pydicom.data import get_testdata_file
 
-from engine_models import build_scan_tree
 from fuse_export.config import ExportConfig
 from fuse_export.pipeline import run_export
 from fuse_runtime.cli import main

@@ -10,13 +10,12 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+from dicom_checks import assert_dciodvfy_clean, assert_same_geometry, read_series
 from nibabel.testing import data_path as nibabel_data
 from pydicom.data import get_testdata_file
 from pydicom.uid import SecondaryCaptureImageStorage
 
-from dicom_checks import assert_dciodvfy_clean, assert_same_geometry, read_series
 from fuse_runtime import writers
-from fuse_runtime.resample import to_sitk
 from fuse_runtime.io import read_scan
 from fuse_runtime.phantoms import write_phantoms
 
