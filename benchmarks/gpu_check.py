@@ -41,8 +41,12 @@ STATUSES = ("ok", "failed", "skipped")
 def environment() -> dict[str, Any]:
     """What this machine has for the GPU path; each absent piece as ``"missing: ..."``."""
     env: dict[str, Any] = {"python": sys.version.split()[0], "platform": platform.platform()}
-    smi = _run(["nvidia-smi", "--query-gpu=index,name,driver_version,compute_cap,memory.total", "--format=csv,noheader"])
-    env["gpus"] = [line.strip() for line in smi.splitlines()] if smi else "missing: nvidia-smi did not answer (no NVIDIA driver?)"
+    smi = _run(
+        ["nvidia-smi", "--query-gpu=index,name,driver_version,compute_cap,memory.total", "--format=csv,noheader"]
+    )
+    env["gpus"] = (
+        [line.strip() for line in smi.splitlines()] if smi else "missing: nvidia-smi did not answer (no NVIDIA driver?)"
+    )
     header = _run(["nvidia-smi"])
     cuda_line = next((line for line in (header or "").splitlines() if "CUDA Version" in line), "")
     env["driver_cuda"] = cuda_line.split("CUDA Version:")[-1].strip(" |") if cuda_line else "missing"
@@ -153,7 +157,11 @@ def markdown(report: dict[str, Any]) -> str:
         "| --- | --- |",
     ]
     lines += [f"| {key} | {_cell(value)} |" for key, value in report["environment"].items()]
-    lines += ["", "## Steps", "", "| step | status | seconds | reason (failed, skipped) or last output line (ok) | log |", "| --- | --- | ---: | --- | --- |"]
+    lines += [
+        "", "## Steps", "",
+        "| step | status | seconds | reason (failed, skipped) or last output line (ok) | log |",
+        "| --- | --- | ---: | --- | --- |",
+    ]
     for step in report["steps"]:
         seconds = step.get("seconds")
         lines.append(
@@ -172,7 +180,10 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(f"no {PARITY_PATH} (the export step did not run or failed)")
     lines += ["", "## Latency: TensorRT and ONNX Runtime CUDA", ""]
     if report["latency"]:
-        lines += ["| backend | batch | status | p50 ms | slices/s | reason |", "| --- | ---: | --- | ---: | ---: | --- |"]
+        lines += [
+            "| backend | batch | status | p50 ms | slices/s | reason |",
+            "| --- | ---: | --- | ---: | ---: | --- |",
+        ]
         for row in report["latency"]:
             lines.append(
                 f"| {row['label'] or row['backend']} | {row['batch'] if row['batch'] is not None else '-'} | "

@@ -219,7 +219,9 @@ def checkpoint_method(path: str | Path, task: str) -> Method:
     engine = TorchEngine.from_checkpoint(path)
     info = engine.info
     if info.get("task", task) != task:
-        raise FuseError(f"the checkpoint is a {info['task']} model but --task is {task}; pass --task {info['task']}", path)
+        raise FuseError(
+            f"the checkpoint is a {info['task']} model but --task is {task}; pass --task {info['task']}", path
+        )
     details = {"checkpoint": str(path), "epoch": info.get("epoch"), "val_loss": info.get("val_loss")}
     return Method(MODEL_METHOD, f"fuse model ({Path(path).name}, PyTorch eager)", _model_fuser(engine), details)
 

@@ -101,7 +101,9 @@ class Artifact:
         return self.path.stat().st_size
 
     def describe(self) -> dict[str, Any]:
-        entry: dict[str, Any] = {"bytes": self.size, "sha256": file_sha256(self.path), "seconds": round(self.seconds, 2)}
+        entry: dict[str, Any] = {
+            "bytes": self.size, "sha256": file_sha256(self.path), "seconds": round(self.seconds, 2)
+        }
         if self.precision is not None:
             entry["precision"] = self.precision
         entry.update(self.details)
@@ -302,7 +304,9 @@ def check_triton(ctx: ExportContext) -> list[Comparison]:
     """The repository's model file must be the checked artifact, byte for byte."""
     served = ctx.artifacts[ctx.triton["serves"]]
     if ctx.triton["model_sha256"] != file_sha256(served.path):
-        raise FuseError(f"the Triton repository's copy of {served.name} differs from the checked file; re-run fuse-export")
+        raise FuseError(
+            f"the Triton repository's copy of {served.name} differs from the checked file; re-run fuse-export"
+        )
     return []
 
 
@@ -350,7 +354,9 @@ def resolve_formats(config: ExportConfig) -> list[Format]:
             "to calibrate the INT8 ranges on (e.g. ../shared/data/harvard/ct-mri-train)"
         )
     if "int8" not in wanted and config.calibration_data is not None:
-        raise FuseError("--calibration-data is used only with --int8 (--format int8); add it or drop --calibration-data")
+        raise FuseError(
+            "--calibration-data is used only with --int8 (--format int8); add it or drop --calibration-data"
+        )
     if "int8" in wanted:
         check_calibration_dir(config.calibration_data, config.parity_data)
     return [f for f in FORMATS if f.name in wanted]

@@ -71,7 +71,9 @@ def remove_cast_round_trips(graph: onnx.GraphProto) -> int:
             if name in rename:
                 node.input[index] = rename[name]
     used = {name for node in graph.node if id(node) not in dropped for name in node.input} | graph_outputs
-    dropped |= {id(node) for node in graph.node if _is_cast(node, onnx.TensorProto.FLOAT16) and node.output[0] not in used}
+    dropped |= {
+        id(node) for node in graph.node if _is_cast(node, onnx.TensorProto.FLOAT16) and node.output[0] not in used
+    }
     kept = [node for node in graph.node if id(node) not in dropped]
     removed = len(graph.node) - len(kept)
     live = {name for node in kept for name in (*node.input, *node.output)}

@@ -444,7 +444,8 @@ def format_int8_table(parity: Int8Parity) -> str:
         f"output 'fused': max abs {parity.max_abs:.3g} (pair {where['pair']}, channel {where['channel']}, "
         f"row {where['row']}, column {where['col']}); mean abs {parity.mean_abs:.3g}; worst pair "
         f"{parity.worst_pair}: mean abs {parity.worst_pair_mean_abs:.3g}, PSNR {psnr}",
-        f"{'metric':<7} {'fp32':>10} {'int8':>10} {'mean |diff|':>12} {'max |diff|':>11}  within {parity.metric_goal:g}",
+        f"{'metric':<7} {'fp32':>10} {'int8':>10} {'mean |diff|':>12} {'max |diff|':>11}  "
+        f"within {parity.metric_goal:g}",
     ]
     lines.append("-" * len(lines[-1]))
     within = parity.metrics_within_goal

@@ -81,7 +81,9 @@ def export_onnx(model: torch.nn.Module, path: str | Path, image_size: int, opset
                 do_constant_folding=True,
             )
         except (RuntimeError, ValueError, torch.onnx.errors.OnnxExporterError) as error:
-            raise FuseError(f"PyTorch could not export the model at opset {opset} ({first_line(error)}); try --opset 17") from error
+            raise FuseError(
+                f"PyTorch could not export the model at opset {opset} ({first_line(error)}); try --opset 17"
+            ) from error
     return onnx.load(str(path))
 
 

@@ -104,7 +104,9 @@ def run_export(checkpoint: str | Path, out_dir: str | Path, config: ExportConfig
     if not checkpoint.is_file():
         raise FuseError("checkpoint not found; give the .pt file a fuse-train run wrote (e.g. RUN/best.pt)", checkpoint)
     if config.parity_data is not None and not Path(config.parity_data).is_dir():
-        raise FuseError("parity data folder not found; give a folder of CT/MRI pairs to --parity-data", config.parity_data)
+        raise FuseError(
+            "parity data folder not found; give a folder of CT/MRI pairs to --parity-data", config.parity_data
+        )
     formats = resolve_formats(config)
     model, preprocess, info = load_ct_mri_model(checkpoint, config.image_size)
     staging = Staging.open(out_dir, config.overwrite, ARTIFACT_NAMES)

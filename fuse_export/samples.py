@@ -82,7 +82,9 @@ def _load(
     problems = [str(p) for p in report.problems]
     total = len(report.pairs)
     order = (
-        np.unique(np.linspace(0, total - 1, min(count, total)).round().astype(int)) if spread and total else range(total)
+        np.unique(np.linspace(0, total - 1, min(count, total)).round().astype(int))
+        if spread and total
+        else range(total)
     )
     names: list[str] = []
     cts, mris = [], []

@@ -165,7 +165,9 @@ class PlanRunner:
         self.path = Path(plan_path)
         self._device = _torch_device(device)
         self._index = device
-        runtime = _started(lambda: trt.Runtime(shared_logger(trt)), "the TensorRT runtime cannot start", self.path, device)
+        runtime = _started(
+            lambda: trt.Runtime(shared_logger(trt)), "the TensorRT runtime cannot start", self.path, device
+        )
         self._engine = runtime.deserialize_cuda_engine(self.path.read_bytes())
         if self._engine is None:
             raise failure(

@@ -157,7 +157,9 @@ class Fuser:
         fmt, single = _output_plan(out_path, pair.kind, output_format)
         prepared = prepare_pair(ct, mri, pair.roles, self.engine.preprocess)
         fused = infer_slices(self.engine, prepared.first, prepared.second, self.batch_size)
-        job = Job(0, pair, out_path, fmt, single, None, PairResult(name=pair.name, inputs=[str(ct_path), str(mri_path)]))
+        job = Job(
+            0, pair, out_path, fmt, single, None, PairResult(name=pair.name, inputs=[str(ct_path), str(mri_path)])
+        )
         options = RunOptions(batch_size=self.batch_size, gray=gray, progress=False, register=register)
         write_pair(job, ct, prepared.restore, None, fused, options, self.engine.description)
         if job.result.status != "ok":

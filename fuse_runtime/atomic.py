@@ -49,7 +49,9 @@ def is_run_partial(name: str) -> str | None:
     return match.group("run") if match else None
 
 
-def remove_run_partials(root: str | Path, keep_run: str | None = None, keep_out: Sequence[str | Path] = ()) -> list[Path]:
+def remove_run_partials(
+    root: str | Path, keep_run: str | None = None, keep_out: Sequence[str | Path] = ()
+) -> list[Path]:
     """Remove the temporary files and staging folders that earlier fuse-runs left under ``root``.
 
     Only names made by ``atomic_path``/``atomic_dir`` inside a fuse-run are touched (never another

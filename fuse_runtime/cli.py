@@ -111,7 +111,8 @@ _DEFAULTS = RunOptions()
     "to the report.",
 )
 @click.option("--preview", is_flag=True, help="Also write CT | MRI | fused side-by-side PNGs under OUT/preview/.")
-@click.option("--gray", is_flag=True, help="Write gray (BT.601 luminance of the fused RGB) instead of RGB: 8-bit PNG/DICOM, float32 NIfTI.")
+@click.option("--gray", is_flag=True,
+              help="Write gray (BT.601 luminance of the fused RGB) instead of RGB: 8-bit PNG/DICOM, float32 NIfTI.")
 @click.option(
     "--register", type=click.Choice(["rigid"]), default=None,
     help="Register each MRI to its CT before fusing: rigid (SimpleITK, Mattes mutual information; 3-D for volumes, "

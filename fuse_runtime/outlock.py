@@ -64,7 +64,9 @@ class OutputLock:
     def __init__(self, out_dir: str | Path, run_id: str, wait: bool = False,
                  on_wait: Callable[[Owner | None], None] | None = None) -> None:
         self.path = Path(out_dir) / LOCK_NAME
-        self.owner = Owner(run_id, os.getpid(), socket.gethostname(), datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        self.owner = Owner(
+            run_id, os.getpid(), socket.gethostname(), datetime.now(timezone.utc).isoformat(timespec="seconds")
+        )
         self.wait = wait
         self.on_wait = on_wait
         self.previous: Owner | None = None
@@ -81,7 +83,8 @@ class OutputLock:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         except OSError as error:
             raise FuseError(
-                f"cannot create the lock file ({error.strerror}); choose another --out or fix its permissions", self.path
+                f"cannot create the lock file ({error.strerror}); choose another --out or fix its permissions",
+                self.path,
             ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

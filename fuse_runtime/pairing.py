@@ -355,7 +355,9 @@ class _Finder:
             del entries[stem]
             names = ", ".join(path.name for path in paths)
             self._problem(
-                self._name(folder, stem), paths, f"{role_dir.name}/ has several scans named {stem!r} ({names}); keep one"
+                self._name(folder, stem),
+                paths,
+                f"{role_dir.name}/ has several scans named {stem!r} ({names}); keep one",
             )
         return _RoleFolder(series=False, entries=entries, ambiguous=set(duplicates))
 
@@ -430,7 +432,11 @@ def _stem(path: Path) -> str:
 
 def _kind(path: Path) -> Kind | None:
     if path.is_dir():
-        return "dicom-series" if any(looks_like_dicom(child) for child in _visible_children(path) if child.is_file()) else None
+        return (
+            "dicom-series"
+            if any(looks_like_dicom(child) for child in _visible_children(path) if child.is_file())
+            else None
+        )
     return file_kind(path)
 
 

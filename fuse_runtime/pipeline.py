@@ -233,7 +233,9 @@ def plan_run(engine: EngineSettings, in_dir: str | Path, out_dir: str | Path, op
     lock = OutputLock(out_dir, report.run_id, wait=options.wait, on_wait=waiting).acquire()
     try:
         if lock.unlocked:
-            report.notices.append(f"{out_dir} cannot be locked (its file system has no locks): run one fuse-run at a time there")
+            report.notices.append(
+                f"{out_dir} cannot be locked (its file system has no locks): run one fuse-run at a time there"
+            )
         leftovers = [] if lock.unlocked else writers.remove_partials(out_dir, keep_out=[in_dir], keep_run=report.run_id)
         if leftovers:
             report.notices.append(f"removed {len(leftovers)} partial file(s) left by an interrupted run")
@@ -263,9 +265,9 @@ def read_pair(
 ) -> tuple[Scan, PreparedPair, tuple[np.ndarray, np.ndarray] | None]:
     """Read and preprocess one pair with the engine's ``config``, the MRI put on the CT's grid.
 
-    ``register`` is ``RunOptions.register`` (see ``pairing.load_pair``). Returns the CT scan, the model inputs, and (when ``native``) both normalised scans at their own
-    size, ``[S,H,W]`` in [0,1], for metrics and previews. Raises FuseError for anything that goes
-    wrong, its message naming both files.
+    ``register`` is ``RunOptions.register`` (see ``pairing.load_pair``). Returns the CT scan, the model
+    inputs, and (when ``native``) both normalised scans at their own size, ``[S,H,W]`` in [0,1], for
+    metrics and previews. Raises FuseError for anything that goes wrong, its message naming both files.
     """
     try:
         ct, mri = load_pair(pair, register)
@@ -352,10 +354,14 @@ def plan_jobs(pairs: list[Pair], out_dir: Path, options: RunOptions) -> list[Job
         result = PairResult(name=pair.name, inputs=[str(pair.first), str(pair.second)])
         key = output.relative_to(out_dir).as_posix().lower()
         same = taken.get(key)
-        clash = next((name for other, (name, folder) in taken.items() if (folder or not single) and _nested(key, other)), None)
+        clash = next(
+            (name for other, (name, folder) in taken.items() if (folder or not single) and _nested(key, other)), None
+        )
         if same is not None:
             result.status = "failed"
-            result.error = f"its output {output} is also that of pair {same[0]!r} (the names differ only in case); rename one"
+            result.error = (
+                f"its output {output} is also that of pair {same[0]!r} (the names differ only in case); rename one"
+            )
         elif clash is not None:
             result.status = "failed"
             result.error = f"its output {output} would overlap the output folder of pair {clash!r}; rename one of them"

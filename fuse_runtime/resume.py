@@ -102,7 +102,8 @@ def input_identity(path: Path, in_root: Path) -> dict[str, Any]:
     The digest covers every visible file's relative name, size and modification time (ns).
     """
     files = [path] if path.is_file() else sorted(
-        p for p in path.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+        p for p in path.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
     )
     digest = hashlib.sha256()
     for file in files:
@@ -169,7 +170,9 @@ def decide(output: Path, ident: dict[str, Any], overwrite: bool) -> Decision:
         return Decision("fuse", f"redone: run {record.get('run_id')} was interrupted while writing it", record)
     changed = [what for what in ("inputs", "model", "options") if record["identity"].get(what) != ident[what]]
     if changed:
-        return Decision("fuse", f"redone: its {', '.join(changed)} changed since run {record.get('run_id')} made it", record)
+            return Decision(
+                "fuse", f"redone: its {', '.join(changed)} changed since run {record.get('run_id')} made it", record
+            )
     return Decision("skip", f"made by run {record.get('run_id')} from the same inputs, model and options", record)
 
 

@@ -354,7 +354,9 @@ def _referenced_series(
 ) -> DicomSequence | None:
     """ReferencedSeriesSequence: the CT series and the MR series with the instances the result uses."""
     items = []
-    ct_refs = [{"SOPClassUID": ct_tags.get("SOPClassUID"), "SOPInstanceUID": s.get("SOPInstanceUID")} for s in ct_slices]
+    ct_refs = [
+        {"SOPClassUID": ct_tags.get("SOPClassUID"), "SOPInstanceUID": s.get("SOPInstanceUID")} for s in ct_slices
+    ]
     mr_refs = list({ref["SOPInstanceUID"]: ref for refs in mr_sources for ref in refs}.values())
     for tags, refs in ((ct_tags, ct_refs), (mr_tags, mr_refs)):
         refs = [ref for ref in refs if ref.get("SOPClassUID") and ref.get("SOPInstanceUID")]

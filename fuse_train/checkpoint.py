@@ -89,10 +89,13 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError, ValueError):
-        raise FuseError(f"{_why_unreadable(path)}; give a .pt file written by fuse-train (e.g. RUN/best.pt)", path) from None
+        raise FuseError(
+            f"{_why_unreadable(path)}; give a .pt file written by fuse-train (e.g. RUN/best.pt)", path
+        ) from None
     if not isinstance(payload, dict) or any(key not in payload for key in REQUIRED_KEYS):
         raise FuseError(
-            f"not a fuse checkpoint (it lacks {[k for k in REQUIRED_KEYS if k not in payload] if isinstance(payload, dict) else 'a dict'}); "
+            "not a fuse checkpoint (it lacks "
+            f"{[k for k in REQUIRED_KEYS if k not in payload] if isinstance(payload, dict) else 'a dict'}); "
             "give a .pt file written by fuse-train",
             path,
         )
@@ -105,7 +108,9 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return payload
 
 
-def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[FusionNet, TrainConfig, dict[str, Any]]:
+def load_model(
+    path: str | Path, map_location: str | torch.device = "cpu"
+) -> tuple[FusionNet, TrainConfig, dict[str, Any]]:
     """Rebuild the trained ``FusionNet`` (eval mode) from a checkpoint.
 
     Returns ``(model, config, info)``; ``info`` holds ``task``, ``modalities``, ``epoch``,

@@ -44,51 +44,100 @@ _DEFAULTS = {"": TrainConfig(), "preprocess": PreprocessConfig(), "loss": LossWe
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("--batch-size", "", "batch_size", "Images per optimisation step, per process.", click.IntRange(min=1)),
-    Setting("--lr", "", "lr", "Base learning rate of AdamW (the decoder's; encoders and fusion blocks get the scales below).", float),
-    Setting("--epochs", "", "epochs", "Number of epochs (the cosine schedule ends at this epoch).", click.IntRange(min=1)),
-    Setting("--patience", "", "early_stopping_patience", "Early stopping: epochs without a lower validation loss before stopping (0: never stop early).", int),
-    Setting("--freeze-encoder-epochs", "", "freeze_encoder_epochs", "Epochs at the start during which both encoders are frozen (no gradients, BatchNorm statistics fixed).", click.IntRange(min=0)),
-    Setting("--warmup-epochs", "", "warmup_epochs", "Linear learning-rate warm-up, in epochs; cosine decay afterwards.", click.IntRange(min=0)),
+    Setting("--lr", "", "lr",
+            "Base learning rate of AdamW (the decoder's; encoders and fusion blocks get the scales below).", float),
+    Setting("--epochs", "", "epochs",
+            "Number of epochs (the cosine schedule ends at this epoch).", click.IntRange(min=1)),
+    Setting("--patience", "", "early_stopping_patience",
+            "Early stopping: epochs without a lower validation loss before stopping (0: never stop early).", int),
+    Setting("--freeze-encoder-epochs", "", "freeze_encoder_epochs",
+            "Epochs at the start during which both encoders are frozen (no gradients, BatchNorm statistics fixed).",
+            click.IntRange(min=0)),
+    Setting("--warmup-epochs", "", "warmup_epochs",
+            "Linear learning-rate warm-up, in epochs; cosine decay afterwards.", click.IntRange(min=0)),
     Setting("--weight-decay", "", "weight_decay", "AdamW weight decay.", float),
     Setting("--lr-scale-encoder", "", "lr_scale_encoder", "Learning-rate multiple for the two encoders.", float),
-    Setting("--lr-scale-fusion", "", "lr_scale_fusion", "Learning-rate multiple for the attention fusion blocks.", float),
-    Setting("--lr-scale-decoder", "", "lr_scale_decoder", "Learning-rate multiple for the decoder, output head and medical attention.", float),
-    Setting("--gradient-clip", "", "gradient_clip", "Clip the total gradient norm (L2, after unscaling) to this value.", float),
-    Setting("--precision", "", "precision", "Mixed precision: auto = fp16 + GradScaler on CUDA, bf16 autocast on CPUs with native bf16 (AVX512-BF16/AMX) and fp32 on other CPUs, where emulated bf16 is ~12× slower; fp32 = off.", click.Choice(["auto", "fp32", "bf16", "fp16"])),
+    Setting("--lr-scale-fusion", "", "lr_scale_fusion",
+            "Learning-rate multiple for the attention fusion blocks.", float),
+    Setting("--lr-scale-decoder", "", "lr_scale_decoder",
+            "Learning-rate multiple for the decoder, output head and medical attention.", float),
+    Setting("--gradient-clip", "", "gradient_clip",
+            "Clip the total gradient norm (L2, after unscaling) to this value.", float),
+    Setting("--precision", "", "precision",
+            "Mixed precision: auto = fp16 + GradScaler on CUDA, bf16 autocast on CPUs with native bf16 "
+            "(AVX512-BF16/AMX) and fp32 on other CPUs, where emulated bf16 is ~12× slower; fp32 = off.",
+            click.Choice(["auto", "fp32", "bf16", "fp16"])),
     Setting("--seed", "", "seed", "Random seed: model initialisation, the split, shuffling and augmentation.", int),
-    Setting("--crop-size", "", "crop_size", "Training crop side in pixels (a multiple of 32, at most --image-size); validation uses the full --image-size.", int),
-    Setting("--val-fraction", "", "val_fraction", "Fraction of patients (vis-ir: images) held out for validation.", float),
+    Setting("--crop-size", "", "crop_size",
+            "Training crop side in pixels (a multiple of 32, at most --image-size); validation uses the full "
+            "--image-size.", int),
+    Setting("--val-fraction", "", "val_fraction",
+            "Fraction of patients (vis-ir: images) held out for validation.", float),
     Setting("--hflip-p", "", "hflip_p", "Probability of a horizontal flip (applied to both images).", float),
-    Setting("--rotate-degrees", "", "rotate_degrees", "Maximum rotation in degrees, either way (applied to both images).", float),
-    Setting("--intensity-jitter", "", "intensity_jitter", "Contrast gain jitter: intensities × a gain in [1 − j, 1 + j] (fraction).", float),
-    Setting("--checkpoint-every", "", "checkpoint_every", "Write epoch_NNN.pt every this many epochs.", click.IntRange(min=1)),
-    Setting("--imagenet", "", "imagenet", "Start the encoders from torchvision's ImageNet ResNet34 when it is in the local cache (never downloaded); --no-imagenet: random initialisation.", bool, secondary="--no-imagenet"),
-    Setting("--head", "", "head", "Output head: design = the design document's (decoder features only, finest skip at 1/4 size); blend = also sees both sources at full size and outputs a per-pixel blend plus bounded detail (sharper); select = blend starting from a soft per-pixel maximum of the sources.", click.Choice(list(get_args(Head)))),
-    Setting("--num-workers", "", "num_workers", "DataLoader worker processes (images are cached in memory, so 0 is usually enough).", click.IntRange(min=0)),
-    Setting("--max-pairs", "", "max_pairs", "Use at most this many pairs, spread over patients; for quick smoke runs.", click.IntRange(min=2)),
-    Setting("--min-foreground", "", "min_foreground", "Skip volume slices with less than this fraction of pixels above 5% intensity in both images.", float),
-    Setting("--image-size", "preprocess", "image_size", "Model input side in pixels (a multiple of 32); images are letterboxed/resized to it.", int),
-    Setting("--resize-mode", "preprocess", "resize_mode", "How images reach --image-size: letterbox (keep aspect, zero-pad) or resize (stretch).", click.Choice(["letterbox", "resize"])),
-    Setting("--ct-window-center", "preprocess", "ct_window_center", "CT window centre in Hounsfield units (applied to HU data only).", float),
+    Setting("--rotate-degrees", "", "rotate_degrees",
+            "Maximum rotation in degrees, either way (applied to both images).", float),
+    Setting("--intensity-jitter", "", "intensity_jitter",
+            "Contrast gain jitter: intensities × a gain in [1 − j, 1 + j] (fraction).", float),
+    Setting("--checkpoint-every", "", "checkpoint_every",
+            "Write epoch_NNN.pt every this many epochs.", click.IntRange(min=1)),
+    Setting("--imagenet", "", "imagenet",
+            "Start the encoders from torchvision's ImageNet ResNet34 when it is in the local cache (never downloaded); "
+            "--no-imagenet: random initialisation.", bool, secondary="--no-imagenet"),
+    Setting("--head", "", "head",
+            "Output head: design = the design document's (decoder features only, finest skip at 1/4 size); blend = "
+            "also sees both sources at full size and outputs a per-pixel blend plus bounded detail (sharper); select = "
+            "blend starting from a soft per-pixel maximum of the sources.", click.Choice(list(get_args(Head)))),
+    Setting("--num-workers", "", "num_workers",
+            "DataLoader worker processes (images are cached in memory, so 0 is usually enough).",
+            click.IntRange(min=0)),
+    Setting("--max-pairs", "", "max_pairs",
+            "Use at most this many pairs, spread over patients; for quick smoke runs.", click.IntRange(min=2)),
+    Setting("--min-foreground", "", "min_foreground",
+            "Skip volume slices with less than this fraction of pixels above 5% intensity in both images.", float),
+    Setting("--image-size", "preprocess", "image_size",
+            "Model input side in pixels (a multiple of 32); images are letterboxed/resized to it.", int),
+    Setting("--resize-mode", "preprocess", "resize_mode",
+            "How images reach --image-size: letterbox (keep aspect, zero-pad) or resize (stretch).",
+            click.Choice(["letterbox", "resize"])),
+    Setting("--ct-window-center", "preprocess", "ct_window_center",
+            "CT window centre in Hounsfield units (applied to HU data only).", float),
     Setting("--ct-window-width", "preprocess", "ct_window_width", "CT window width in Hounsfield units.", float),
-    Setting("--mri-percentiles", "preprocess", "mri_percentiles", "LOW HIGH percentiles (in %) mapped to 0 and 1 for MRI/IR data with more than 8 bits.", float, nargs=2),
-    Setting("--clahe", "preprocess", "clahe", "Apply CLAHE after intensity normalisation (--no-clahe: off).", bool, secondary="--no-clahe"),
+    Setting("--mri-percentiles", "preprocess", "mri_percentiles",
+            "LOW HIGH percentiles (in %) mapped to 0 and 1 for MRI/IR data with more than 8 bits.", float, nargs=2),
+    Setting("--clahe", "preprocess", "clahe",
+            "Apply CLAHE after intensity normalisation (--no-clahe: off).", bool, secondary="--no-clahe"),
     Setting("--clahe-clip-limit", "preprocess", "clahe_clip_limit", "CLAHE clip limit.", float),
     Setting("--clahe-tile-grid", "preprocess", "clahe_tile_grid", "CLAHE tile grid, ROWS COLS.", int, nargs=2),
     Setting("--w-content", "loss", "content", "Weight of the content loss (L1 to the brighter source, gray).", float),
     Setting("--w-structure", "loss", "structure", "Weight of the structure loss (1 − SSIM to both sources).", float),
-    Setting("--w-detail", "loss", "detail", "Weight of the detail loss (L1 of gradients to the larger source gradient).", float),
+    Setting("--w-detail", "loss", "detail",
+            "Weight of the detail loss (L1 of gradients to the larger source gradient).", float),
     Setting("--w-consistency", "loss", "consistency", "Weight of the consistency loss (MSE to both sources).", float),
     Setting("--w-gradient", "loss", "gradient", "Weight of the gradient loss (L1 of gradients to each source).", float),
-    Setting("--w-medical", "loss", "medical", "Weight of the medical loss (MSE on bright regions of each source).", float),
-    Setting("--w-qabf", "loss", "qabf", "Weight of 1 − Qabf: the evaluation's edge-preservation metric as a differentiable loss (0: off, the design's).", float),
-    Setting("--w-vif", "loss", "vif", "Weight of 1 − VIF/2: the evaluation's information-fidelity metric (summed over both sources) as a differentiable loss (0: off, the design's).", float),
-    Setting("--w-mi", "loss", "mi", "Weight of 1 − ΣMI/ΣH: the evaluation's mutual information with each source, over the sources' entropies, as a differentiable loss (0: off, the design's).", float),
-    Setting("--w-ssim", "loss", "ssim", "Weight of 1 − ½ΣSSIM with the evaluation's SSIM (7×7 window, data range 2; the structure term is the design's 11×11 SSIM) as a loss (0: off, the design's).", float),
-    Setting("--detail-gain", "loss", "detail_gain", "Detail loss target = this × the larger source gradient (1: the design's; above 1 sharpens).", float),
-    Setting("--detail-gain-edge", "loss", "detail_gain_edge", "Apply --detail-gain only where the larger source gradient (Sobel, [0,1] units) exceeds this; 0: everywhere.", float),
-    Setting("--detail-target", "loss", "detail_target", "Detail loss matches the larger source gradient's magnitude (the design's) or its Sobel x/y vector (orientation too).", click.Choice(list(get_args(DetailTarget)))),
-    Setting("--medical-threshold", "loss", "medical_threshold", "Intensity in [0,1] above which pixels form the medical loss masks.", float),
+    Setting("--w-medical", "loss", "medical",
+            "Weight of the medical loss (MSE on bright regions of each source).", float),
+    Setting("--w-qabf", "loss", "qabf",
+            "Weight of 1 − Qabf: the evaluation's edge-preservation metric as a differentiable loss (0: off, the "
+            "design's).", float),
+    Setting("--w-vif", "loss", "vif",
+            "Weight of 1 − VIF/2: the evaluation's information-fidelity metric (summed over both sources) as a "
+            "differentiable loss (0: off, the design's).", float),
+    Setting("--w-mi", "loss", "mi",
+            "Weight of 1 − ΣMI/ΣH: the evaluation's mutual information with each source, over the sources' entropies, "
+            "as a differentiable loss (0: off, the design's).", float),
+    Setting("--w-ssim", "loss", "ssim",
+            "Weight of 1 − ½ΣSSIM with the evaluation's SSIM (7×7 window, data range 2; the structure term is the "
+            "design's 11×11 SSIM) as a loss (0: off, the design's).", float),
+    Setting("--detail-gain", "loss", "detail_gain",
+            "Detail loss target = this × the larger source gradient (1: the design's; above 1 sharpens).", float),
+    Setting("--detail-gain-edge", "loss", "detail_gain_edge",
+            "Apply --detail-gain only where the larger source gradient (Sobel, [0,1] units) exceeds this; 0: "
+            "everywhere.", float),
+    Setting("--detail-target", "loss", "detail_target",
+            "Detail loss matches the larger source gradient's magnitude (the design's) or its Sobel x/y vector "
+            "(orientation too).", click.Choice(list(get_args(DetailTarget)))),
+    Setting("--medical-threshold", "loss", "medical_threshold",
+            "Intensity in [0,1] above which pixels form the medical loss masks.", float),
 )
 
 #: Settings that may change when a run is resumed (extending the schedule).
@@ -112,7 +161,9 @@ def _options(command: Callable) -> Callable:
         if setting.secondary is not None:
             option = click.option(f"{setting.flag}/{setting.secondary}", dest, default=None, help=help_text)
         else:
-            option = click.option(setting.flag, dest, type=setting.type, nargs=setting.nargs, default=None, help=help_text)
+            option = click.option(
+                setting.flag, dest, type=setting.type, nargs=setting.nargs, default=None, help=help_text
+            )
         command = option(command)
     return command
 
@@ -120,17 +171,22 @@ def _options(command: Callable) -> Callable:
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @version_option("fuse-train")
 @click.option("--task", type=click.Choice(["ct-mri", "vis-ir"]), default=None,
-              help="ct-mri: fine-tune on CT/ + MRI/ pairs; vis-ir: pretrain on vi/ + ir/ pairs (TNO, RoadScene).  [default: ct-mri]")
+              help="ct-mri: fine-tune on CT/ + MRI/ pairs; vis-ir: pretrain on vi/ + ir/ pairs (TNO, RoadScene).  "
+                   "[default: ct-mri]")
 @click.option("--data", type=click.Path(path_type=Path), default=None,
-              help="Folder of registered pairs, searched recursively (CT/ + MRI/, vi/ + ir/, case folders). Required unless --resume.")
+              help="Folder of registered pairs, searched recursively (CT/ + MRI/, vi/ + ir/, case folders). "
+                   "Required unless --resume.")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="New run directory for checkpoints, history and config.json; refused if it already holds a run.")
 @click.option("--resume", type=click.Path(path_type=Path), default=None,
-              help="Continue the run in this directory from its last.pt (optimizer, scheduler, scaler, early stopping, RNG). Only --epochs and --patience may change.")
+              help="Continue the run in this directory from its last.pt (optimizer, scheduler, scaler, early "
+                   "stopping, RNG). Only --epochs and --patience may change.")
 @click.option("--init", type=click.Path(path_type=Path), default=None,
-              help="Initialise from another run's checkpoint (e.g. the vis-ir best.pt): vis_→ct_, ir_→mri_, tensors of equal name and shape only.")
+              help="Initialise from another run's checkpoint (e.g. the vis-ir best.pt): vis_→ct_, ir_→mri_, "
+                   "tensors of equal name and shape only.")
 @click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
-              help="JSON file of settings in the layout of a run's config.json (any subset); command-line options override it.")
+              help="JSON file of settings in the layout of a run's config.json (any subset); command-line "
+                   "options override it.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="Where to train; auto picks CUDA when present. Under torchrun each process takes GPU LOCAL_RANK.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar per epoch.")

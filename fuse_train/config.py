@@ -56,7 +56,9 @@ class LossWeights:
 
     def __post_init__(self) -> None:
         if self.detail_target not in get_args(DetailTarget):
-            raise ValueError(f"detail_target must be one of {', '.join(get_args(DetailTarget))}, got {self.detail_target!r}")
+            raise ValueError(
+                f"detail_target must be one of {', '.join(get_args(DetailTarget))}, got {self.detail_target!r}"
+            )
         for f in fields(self):
             if f.name != "detail_target" and getattr(self, f.name) < 0:
                 raise ValueError(f"loss weight {f.name} must be >= 0, got {getattr(self, f.name)}")

@@ -162,7 +162,10 @@ def decode_pair(pair: Pair, config: TrainConfig) -> list[Sample]:
     if first.shape[0] > 1:
         first_raw, second_raw = (normalise_intensity(scan, role, prep) for scan, role in zip(scans, config.modalities))
         keep = np.array(
-            [max(foreground_fraction(a), foreground_fraction(b)) >= config.min_foreground for a, b in zip(first_raw, second_raw)]
+            [
+                max(foreground_fraction(a), foreground_fraction(b)) >= config.min_foreground
+                for a, b in zip(first_raw, second_raw)
+            ]
         )
     group = group_of(pair.name, config.task)
     return [

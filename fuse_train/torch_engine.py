@@ -67,6 +67,9 @@ class TorchEngine(Engine):
 
     def _run(self, ct: np.ndarray, mri: np.ndarray) -> np.ndarray:
         device = self.device
-        with torch.inference_mode(), torch.autocast(device.type, dtype=self.autocast, enabled=self.autocast is not None):
+        with (
+            torch.inference_mode(),
+            torch.autocast(device.type, dtype=self.autocast, enabled=self.autocast is not None),
+        ):
             fused = self.model(torch.from_numpy(ct).to(device), torch.from_numpy(mri).to(device))
             return fused.float().cpu().numpy()

@@ -41,7 +41,9 @@ def summarise(layers: list[dict[str, Any]], batch: int, top: int = TOP) -> dict[
         "groups": [
             {"type": kind, "kernel": kernel, "ms_per_slice": ms / batch, "share": ms / total if total else 0.0}
             for (kind, kernel), ms in listed
-        ] + ([{"type": "other", "kernel": "–", "ms_per_slice": rest / batch, "share": rest / total}] if rest > 0 else []),
+        ] + (
+            [{"type": "other", "kernel": "–", "ms_per_slice": rest / batch, "share": rest / total}] if rest > 0 else []
+        ),
         "reorder_share": share(lambda kind, _: kind == "Reorder"),
         "int8_share": share(lambda _, kernel: "i8" in kernel.lower() or "u8" in kernel.lower()),
         "reference_share": share(lambda _, kernel: kernel.startswith("ref")),

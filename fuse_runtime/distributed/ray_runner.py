@@ -183,8 +183,10 @@ def run_on_ray(
         if on_engine is not None:
             on_engine(info)
         with plan_run(info, in_dir, out_dir, options) as plan:
-            plan.report.settings["ray"] = {**ray_options.to_dict(), "nodes": cluster.nodes, "cluster_cpus": cluster.cpus,
-                "cluster_gpus": cluster.gpus, "max_actors": actors.max_actors, "actor_resources": actors.resources}
+            plan.report.settings["ray"] = {
+                **ray_options.to_dict(), "nodes": cluster.nodes, "cluster_cpus": cluster.cpus,
+                "cluster_gpus": cluster.gpus, "max_actors": actors.max_actors, "actor_resources": actors.resources,
+            }
             started = time.perf_counter()
             if plan.todo:
                 writes = ray_options.writes_in_flight or max(MIN_WRITES_IN_FLIGHT, int(cluster.cpus))

@@ -7,13 +7,14 @@ is chosen, so the CPU runtime works without them.
 Runtime, except on a CPU-only machine whose CPU computes bf16 natively (AVX512-BF16/AMX), or for
 ``model.int8.onnx`` has int8 dot products (AMX-INT8/VNNI), when OpenVINO is installed and no ONNX
 Runtime provider was named: there OpenVINO runs it in bf16 (or its int8 kernels for
-``model.int8.onnx``), in latency mode unless ``streams`` asks for throughput (fuse-run on folders). Measured on this project's 2-core AMX Xeon with the release
-model at 256 px (``python -m benchmarks.latency``): OpenVINO bf16 19.8 slices/s against ONNX Runtime
-FP32 5.1 at batch 8, and ``fuse-run`` end to end 18.8 against 6.0 pairs/s, with every fusion metric on
-the 21 test pairs within 0.004 of FP32 (``python -m benchmarks.quality --backend openvino``). On CPUs
-without native bf16 OpenVINO would have to run f32, where it was only ~10 % faster than ONNX Runtime
-(2-core AVX2 EPYC), so ONNX Runtime stays the choice there. Naming ``provider`` (cpu, cuda, tensorrt),
-an ONNX Runtime concept, selects ONNX Runtime. The choice and its reason are the engine's first notice.
+``model.int8.onnx``), in latency mode unless ``streams`` asks for throughput (fuse-run on folders).
+Measured on this project's 2-core AMX Xeon with the release model at 256 px
+(``python -m benchmarks.latency``): OpenVINO bf16 19.8 slices/s against ONNX Runtime FP32 5.1 at batch
+8, and ``fuse-run`` end to end 18.8 against 6.0 pairs/s, with every fusion metric on the 21 test pairs
+within 0.004 of FP32 (``python -m benchmarks.quality --backend openvino``). On CPUs without native bf16
+OpenVINO would have to run f32, where it was only ~10 % faster than ONNX Runtime (2-core AVX2 EPYC), so
+ONNX Runtime stays the choice there. Naming ``provider`` (cpu, cuda, tensorrt), an ONNX Runtime concept,
+selects ONNX Runtime. The choice and its reason are the engine's first notice.
 """
 
 from __future__ import annotations

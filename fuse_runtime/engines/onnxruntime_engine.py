@@ -205,7 +205,9 @@ def session_providers(
         if ort_name not in available and name != "cpu":
             continue
         if name == "tensorrt":
-            result.append((ort_name, _tensorrt_options(model_path, batch, image_size, device, gpu_label, tensorrt_version)))
+            result.append(
+                (ort_name, _tensorrt_options(model_path, batch, image_size, device, gpu_label, tensorrt_version))
+            )
         elif name == "cuda":
             result.append((ort_name, {"device_id": device}))
         else:
@@ -232,9 +234,13 @@ def _tensorrt_options(
         "trt_timing_cache_path": cache,
     }
     if image_size is not None:
-        for key, which in (("trt_profile_min_shapes", "min"), ("trt_profile_opt_shapes", "opt"), ("trt_profile_max_shapes", "max")):
+        for key, which in (
+            ("trt_profile_min_shapes", "min"), ("trt_profile_opt_shapes", "opt"), ("trt_profile_max_shapes", "max")
+        ):
             n = int(batch[which])
-            options[key] = f"{INPUT_FIRST}:{n}x3x{image_size}x{image_size},{INPUT_SECOND}:{n}x1x{image_size}x{image_size}"
+            options[key] = (
+                f"{INPUT_FIRST}:{n}x3x{image_size}x{image_size},{INPUT_SECOND}:{n}x1x{image_size}x{image_size}"
+            )
     return options
 
 
@@ -249,7 +255,9 @@ def _slug(text: str) -> str:
 
 def _tensorrt_version() -> str:
     """Version of the TensorRT libraries installed from wheels ('' when none is found)."""
-    for name in ("tensorrt-cu13-libs", "tensorrt-cu12-libs", "tensorrt-libs", "tensorrt", "tensorrt-cu12", "tensorrt-cu13"):
+    for name in (
+        "tensorrt-cu13-libs", "tensorrt-cu12-libs", "tensorrt-libs", "tensorrt", "tensorrt-cu12", "tensorrt-cu13"
+    ):
         try:
             return importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:

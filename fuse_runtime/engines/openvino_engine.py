@@ -90,7 +90,9 @@ class OpenVinoEngine(Engine):
         try:
             model = core.read_model(str(self.path))
         except Exception as error:  # OpenVINO raises RuntimeError subclasses for bad files
-            raise FuseError(f"OpenVINO cannot read the model ({first_line(error)}); {REEXPORT_HINT}", self.path) from None
+            raise FuseError(
+                f"OpenVINO cannot read the model ({first_line(error)}); {REEXPORT_HINT}", self.path
+            ) from None
         self._check_signature(model)
         self.preprocess, self.image_size = self._read_preprocess(model)
         self.batch_range = self._batch_range(model)

@@ -22,7 +22,9 @@ def test_script_is_valid_bash_and_runs_every_step() -> None:
         pytest.skip("bash is not installed")
     subprocess.run([bash, "-n", str(SCRIPT)], check=True)
     text = SCRIPT.read_text()
-    for step in ("gpu-tests", "train-$precision", "export", "fuse-run-plan-$format", "fuse-run-ort-$provider", "latency"):
+    for step in (
+        "gpu-tests", "train-$precision", "export", "fuse-run-plan-$format", "fuse-run-ort-$provider", "latency"
+    ):
         assert f"{step}" in text
     assert "for precision in fp16 bf16" in text and "for format in png nifti dicom" in text
     assert "--batch 1,8,32" in text
@@ -36,18 +38,25 @@ def _steps(out: Path, steps: list[dict]) -> None:
 def test_report_has_every_step_with_its_status_and_reason(tmp_path: Path) -> None:
     _steps(tmp_path, [
         {"name": "environment", "status": "ok", "seconds": 0.4, "reason": None, "log": "logs/environment.log"},
-        {"name": "train-fp16", "status": "failed", "seconds": 12.0, "reason": "exit 1: CUDA out of memory", "log": "logs/train-fp16.log"},
-        {"name": "fuse-run-ort-tensorrt", "status": "skipped", "seconds": 0, "reason": "this onnxruntime has no TensorrtExecutionProvider | x"},
+        {"name": "train-fp16", "status": "failed", "seconds": 12.0, "reason": "exit 1: CUDA out of memory",
+         "log": "logs/train-fp16.log"},
+        {"name": "fuse-run-ort-tensorrt", "status": "skipped", "seconds": 0,
+         "reason": "this onnxruntime has no TensorrtExecutionProvider | x"},
     ])
     (tmp_path / gpu_check.STEPS_NAME).open("a").write("not json\n")
-    (tmp_path / gpu_check.ENV_NAME).write_text(json.dumps({"gpus": ["0, NVIDIA H200, 580.1, 9.0, 143771 MiB"], "tensorrt": "missing: x"}))
+    (tmp_path / gpu_check.ENV_NAME).write_text(
+        json.dumps({"gpus": ["0, NVIDIA H200, 580.1, 9.0, 143771 MiB"], "tensorrt": "missing: x"})
+    )
     (tmp_path / "export").mkdir()
     (tmp_path / gpu_check.PARITY_PATH).write_text(json.dumps({"results": {
-        "tensorrt-fp16": {"max_abs": 0.004, "mean_abs": 1e-4, "psnr_db": 61.2, "limits": {"max_abs": 0.02}, "passed": True},
+        "tensorrt-fp16": {
+            "max_abs": 0.004, "mean_abs": 1e-4, "psnr_db": 61.2, "limits": {"max_abs": 0.02}, "passed": True
+        },
     }}))
     (tmp_path / "latency").mkdir()
     rows = [
-        {"backend": "tensorrt", "label": "TensorRT fp16", "batch": b, "status": "ok", "p50_ms": 2.5 * b, "slices_per_s": 400.0 / b}
+        {"backend": "tensorrt", "label": "TensorRT fp16", "batch": b, "status": "ok", "p50_ms": 2.5 * b,
+         "slices_per_s": 400.0 / b}
         for b in (1, 8, 32)
     ] + [{"backend": "onnxruntime-cpu", "label": "ORT cpu", "batch": 8, "status": "ok"},
          {"backend": "onnxruntime-cuda", "label": "ORT CUDA", "batch": 4, "status": "ok"},

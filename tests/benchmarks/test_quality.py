@@ -24,7 +24,9 @@ from fuse_train.checkpoint import save_checkpoint
 from fuse_train.config import TrainConfig
 from fuse_train.model import FusionNet
 
-PIXEL_MAX_REFERENCE = {"EN": 4.47, "SD": 84.22, "SF": 33.53, "MI": 3.63, "SCD": 1.50, "VIF": 0.64, "Qabf": 0.63, "SSIM": 1.38}
+PIXEL_MAX_REFERENCE = {
+    "EN": 4.47, "SD": 84.22, "SF": 33.53, "MI": 3.63, "SCD": 1.50, "VIF": 0.64, "Qabf": 0.63, "SSIM": 1.38
+}
 BASELINES = ["mean", "max", "laplacian", "dwt"]
 SMALL_PAIRS = ("11", "17", "25")
 

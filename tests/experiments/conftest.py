@@ -43,5 +43,7 @@ def diagnostic_inputs(harvard_test: Path, tmp_path: Path) -> tuple[Path, Path]:
             shutil.copy(harvard_test / folder / f"{name}.png", data / folder / f"{name}.png")
     torch.manual_seed(0)
     config = TrainConfig(crop_size=64, imagenet=False, head="select", preprocess=PreprocessConfig(image_size=64))
-    checkpoint = save_checkpoint(tmp_path / "best.pt", FusionNet(imagenet=False, head="select"), config, epoch=1, val_loss=1.0)
+    checkpoint = save_checkpoint(
+        tmp_path / "best.pt", FusionNet(imagenet=False, head="select"), config, epoch=1, val_loss=1.0
+    )
     return data, checkpoint

@@ -42,7 +42,9 @@ def test_mismatched_shapes_are_refused(sources):
         departure(ct, mri, ct[:-1])
 
 
-def test_cli_writes_json_and_markdown_for_a_checkpoint(pair_name: str, diagnostic_inputs: tuple[Path, Path], tmp_path: Path):
+def test_cli_writes_json_and_markdown_for_a_checkpoint(
+    pair_name: str, diagnostic_inputs: tuple[Path, Path], tmp_path: Path
+):
     data, checkpoint = diagnostic_inputs
     out = tmp_path / "R"
     result = CliRunner().invoke(module.main, ["--data", str(data), "--checkpoint", str(checkpoint), "--out", str(out)])

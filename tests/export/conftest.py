@@ -50,7 +50,9 @@ def calibrated_model(modalities: tuple[str, str], train_dir: Path) -> FusionNet:
     model = FusionNet(modalities=modalities, imagenet=False)
     report = find_pairs(train_dir)
     config = PreprocessConfig(image_size=CALIBRATION_SIZE)
-    prepared = [prepare_pair(*load_pair(p), p.roles, config) for p in report.pairs[:: len(report.pairs) // CALIBRATION_PAIRS]]
+    prepared = [
+        prepare_pair(*load_pair(p), p.roles, config) for p in report.pairs[:: len(report.pairs) // CALIBRATION_PAIRS]
+    ]
     first = torch.from_numpy(np.concatenate([p.first for p in prepared]))
     second = torch.from_numpy(np.concatenate([p.second for p in prepared]))
     for module in model.modules():

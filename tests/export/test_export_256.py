@@ -37,7 +37,9 @@ def test_onnx_only_exits_0_and_overwrite_removes_the_stale_engine(export_256):
     assert sorted(p.name for p in out.iterdir()) == sorted([MODEL_ONNX, PARITY_JSON, MANIFEST_NAME])
 
 
-def test_256_graph_is_valid_and_matches_pytorch_on_real_pairs(export_256, torch_model, harvard_test, reference, run_model):
+def test_256_graph_is_valid_and_matches_pytorch_on_real_pairs(
+    export_256, torch_model, harvard_test, reference, run_model
+):
     out, _ = export_256
     onnx.checker.check_model(str(out / MODEL_ONNX), full_check=True)
     samples = load_samples(harvard_test, PreprocessConfig(), 3)

@@ -74,7 +74,8 @@ def test_onnx_files_pass_the_full_checker_with_a_dynamic_batch(export_64, name):
     onnx.checker.check_model(str(path), full_check=True)
     graph = onnx.load(str(path), load_external_data=False).graph
     shapes = {
-        v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in [*graph.input, *graph.output]
+        v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+        for v in [*graph.input, *graph.output]
     }
     assert shapes == {
         INPUT_FIRST: [BATCH_AXIS, 3, SIZE, SIZE],

@@ -74,7 +74,9 @@ def test_cli_writes_int8_model_report_and_table(int8_export: Export) -> None:
         assert f"\n{name} " in result.stdout
 
 
-def test_int8_model_passes_checker_and_is_qdq(graphs: tuple[onnx.ModelProto, onnx.ModelProto], int8_export: Export) -> None:
+def test_int8_model_passes_checker_and_is_qdq(
+    graphs: tuple[onnx.ModelProto, onnx.ModelProto], int8_export: Export
+) -> None:
     _, int8 = graphs
     onnx.checker.check_model(str(int8_export.out / MODEL_INT8_ONNX), full_check=True)
     ops = [node.op_type for node in int8.graph.node]
@@ -136,8 +138,10 @@ def test_int8_output_close_to_fp32_and_report_is_honest(int8_export: Export, sam
     int8 = cpu_session(int8_export.out / MODEL_INT8_ONNX)
     outputs = []
     for session in (fp32, int8):
-        batches = [session.run([OUTPUT], {INPUT_FIRST: samples_64.ct[i : i + 3], INPUT_SECOND: samples_64.mri[i : i + 3]})[0]
-                   for i in range(0, len(samples_64.names), 3)]
+        batches = [
+            session.run([OUTPUT], {INPUT_FIRST: samples_64.ct[i : i + 3], INPUT_SECOND: samples_64.mri[i : i + 3]})[0]
+            for i in range(0, len(samples_64.names), 3)
+        ]
         outputs.append(np.concatenate(batches))
     difference = np.abs(outputs[0] - outputs[1])
     assert float(outputs[0].std()) > 0.02, "the FP32 output must vary for the comparison to mean anything"
@@ -145,7 +149,9 @@ def test_int8_output_close_to_fp32_and_report_is_honest(int8_export: Export, sam
     assert float(difference.max()) <= report["max_abs"] * 2
 
 
-def test_metadata_and_manifest_carry_through(graphs: tuple[onnx.ModelProto, onnx.ModelProto], int8_export: Export) -> None:
+def test_metadata_and_manifest_carry_through(
+    graphs: tuple[onnx.ModelProto, onnx.ModelProto], int8_export: Export
+) -> None:
     fp32, int8 = graphs
     before = {p.key: p.value for p in fp32.metadata_props}
     after = {p.key: p.value for p in int8.metadata_props}
@@ -266,7 +272,9 @@ def test_no_qdq_pair_only_rounds_a_tensor_between_float_nodes(graphs: tuple[onnx
     for quant in (n for n in int8.graph.node if n.op_type == "QuantizeLinear"):
         users = [u for d in consumers.get(quant.output[0], []) for u in consumers.get(d.output[0], [])]
         assert any(user.name not in floats for user in users), quant.name
-    output_conv = next(n for n in int8.graph.node if n.name in floats and n.name.startswith("/final") and n.op_type == "Conv")
+    output_conv = next(
+        n for n in int8.graph.node if n.name in floats and n.name.startswith("/final") and n.op_type == "Conv"
+    )
     assert produced_by[output_conv.input[0]].op_type == "Relu"
 
 

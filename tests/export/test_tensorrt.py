@@ -68,7 +68,9 @@ def test_engine_is_strongly_typed_and_records_the_gpu(engine):
 
 
 @pytest.mark.parametrize("batch", [1, 3, 4])
-def test_engine_matches_pytorch_within_fp16_tolerance(engine, tensorrt_build, torch_model, samples_64, reference, batch):
+def test_engine_matches_pytorch_within_fp16_tolerance(
+    engine, tensorrt_build, torch_model, samples_64, reference, batch
+):
     folder, _, _ = engine
     ct, mri = samples_64.ct[:batch], samples_64.mri[:batch]
     fused = tensorrt_build.run_engine(folder / "model.plan", ct, mri)

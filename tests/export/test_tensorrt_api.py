@@ -185,7 +185,9 @@ def test_strong_typing_exists_so_builder_flag_fp16_is_never_needed(api) -> None:
     major, bindings = api
     required, _ = used_names()
     assert bindings.has("STRONGLY_TYPED")
-    assert "FP16" not in required, "BuilderFlag.FP16 may only be read as the fallback of a TensorRT without strong typing"
+    assert "FP16" not in required, (
+        "BuilderFlag.FP16 may only be read as the fallback of a TensorRT without strong typing"
+    )
     assert bindings.has("FP16") == (major == "10"), "TensorRT 11 removed BuilderFlag.FP16; the check must see that"
     assert not bindings.has("execute_async_v2") and not bindings.has("get_binding_shape"), (
         "names TensorRT 10 removed must read as missing"

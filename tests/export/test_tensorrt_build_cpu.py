@@ -181,11 +181,15 @@ def _load(monkeypatch: pytest.MonkeyPatch, fake: FakeTensorRT):
     monkeypatch.setitem(sys.modules, "tensorrt", fake)
     monkeypatch.delitem(sys.modules, "fuse_export.tensorrt_build", raising=False)
     module = importlib.import_module("fuse_export.tensorrt_build")
-    monkeypatch.setattr(module, "gpu_info", lambda device=0: {"name": "Fake H100", "compute_capability": "9.0", "device_index": device})
+    monkeypatch.setattr(
+        module, "gpu_info", lambda device=0: {"name": "Fake H100", "compute_capability": "9.0", "device_index": device}
+    )
     monkeypatch.setattr(module, "_torch_device", lambda index: torch.device("cpu"))
     monkeypatch.setattr(module, "_new_stream", lambda device: FakeStream())
     monkeypatch.setattr(module, "_current_stream", lambda device: FakeStream())
-    monkeypatch.setattr(module, "versions_text", lambda trt, cuda, device=0: f"driver 999.1, CUDA runtime {cuda}, TensorRT {trt}")
+    monkeypatch.setattr(
+        module, "versions_text", lambda trt, cuda, device=0: f"driver 999.1, CUDA runtime {cuda}, TensorRT {trt}"
+    )
     monkeypatch.setattr(module.torch.version, "cuda", "12.8")
     return module
 
@@ -193,7 +197,8 @@ def _load(monkeypatch: pytest.MonkeyPatch, fake: FakeTensorRT):
 def _build(module, tmp_path: Path, **kwargs):
     (tmp_path / "model.fp16.onnx").write_bytes(b"onnx")
     return module.build_engine(
-        tmp_path / "model.fp16.onnx", tmp_path / "model.plan", SIZE, (1, 2, 4), 1.0, tmp_path / "cache" / "timing.cache",
+        tmp_path / "model.fp16.onnx", tmp_path / "model.plan", SIZE, (1, 2, 4), 1.0,
+        tmp_path / "cache" / "timing.cache",
         **kwargs,
     )
 

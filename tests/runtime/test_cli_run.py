@@ -162,7 +162,8 @@ def test_resume_after_a_crash_gives_identical_files(exported: Path, harvard_trai
     assert process.wait() == -signal.SIGKILL, "fuse-run finished before it could be killed"
     done_before = len(_finished_pngs(crashed))
     assert 3 <= done_before < len(names)
-    (crashed / f".{names[-1]}.fuse-20250101T000000-deadbeef.abcd.partial.png").write_bytes(b"\x89PNG half")  # what a kill mid-write leaves
+    # what a kill mid-write leaves
+    (crashed / f".{names[-1]}.fuse-20250101T000000-deadbeef.abcd.partial.png").write_bytes(b"\x89PNG half")
     resumed = subprocess.run([*FUSE_RUN, *args, "--out", str(crashed), "--quiet"], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     report = json.loads((crashed / "report.json").read_text())
@@ -235,7 +236,9 @@ def test_every_bad_input_is_reported_and_the_rest_completes(exported: Path, bad_
         assert f"failed: {name}:" in stderr
     assert report["totals"]["ok"] == 1 and report["totals"]["failures"] == len(report["pairs"]) - 1
     assert "1 pair(s)" in stdout and "failed" in stdout and "slice" in stderr
-    visible = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and not p.name.startswith("."))
+    visible = sorted(
+        p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and not p.name.startswith(".")
+    )
     assert visible == ["report.json", f"reports/{report['run_id']}.json", "slices/good.png"]
 
 

@@ -181,11 +181,14 @@ def test_auto_falls_back_to_onnxruntime_when_openvino_cannot_open_the_model(mode
     def refuse(self, path, **_):
         raise FuseError("OpenVINO cannot read the model (unsupported operation Foo)", path)
 
-    monkeypatch.setattr(engines, "choose_backend", lambda provider, **_: ("openvino", "backend auto: OpenVINO, because"))
+    monkeypatch.setattr(
+        engines, "choose_backend", lambda provider, **_: ("openvino", "backend auto: OpenVINO, because")
+    )
     monkeypatch.setattr(openvino_engine.OpenVinoEngine, "__init__", refuse)
     with open_engine(model, threads=1) as engine:
         assert type(engine).__name__ == "OnnxRuntimeEngine"
-        assert "OpenVINO could not open the model" in engine.notices[0] and "unsupported operation Foo" in engine.notices[0]
+        assert "OpenVINO could not open the model" in engine.notices[0]
+        assert "unsupported operation Foo" in engine.notices[0]
     with pytest.raises(FuseError, match="unsupported operation Foo"):
         open_engine(model, backend="openvino")
 
@@ -208,7 +211,8 @@ def _write(path: Path, content: bytes) -> Path:
     [
         (lambda d: d / "missing.onnx", {}, "engine file not found"),
         (lambda d: _write(d / "model.pt", b"weights"), {}, "unknown engine type '.pt'"),
-        (lambda d: _write(d / "model.onnx", b"not an onnx graph"), {"provider": "cpu"}, "ONNX Runtime cannot load the model"),
+        (lambda d: _write(d / "model.onnx", b"not an onnx graph"), {"provider": "cpu"},
+         "ONNX Runtime cannot load the model"),
         (lambda d: _write(d / "model.onnx", b""), {"provider": "cpu"}, "ONNX Runtime cannot load the model"),
         # auto: whatever it tries first (OpenVINO on an AMX CPU), the answer is ONNX Runtime's message
         (lambda d: _write(d / "model.onnx", b"still not a graph"), {}, "ONNX Runtime cannot load the model"),
@@ -257,7 +261,10 @@ def test_tensorrt_release_ignores_the_build_number() -> None:
 @pytest.fixture(scope="module")
 def tensorrt_plan(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if importlib.util.find_spec("tensorrt") is None:
-        pytest.skip("TensorRT is not installed (pip install 'fuse-ctmri[gpu-cu12]' (CUDA 13 driver: [gpu-cu13]) on a machine with an NVIDIA GPU)")
+        pytest.skip(
+            "TensorRT is not installed (pip install 'fuse-ctmri[gpu-cu12]' (CUDA 13 driver: [gpu-cu13]) on a "
+            "machine with an NVIDIA GPU)"
+        )
     import torch
 
     if not torch.cuda.is_available():

@@ -18,5 +18,9 @@ def test_empty_message_gives_the_type_and_long_lines_are_cut() -> None:
 
 
 def test_one_line_keeps_the_whole_message_on_one_line() -> None:
-    error = RuntimeError("Exception thrown in SimpleITK Execute:\n  /src/x.cxx:12:\n\tsitk::ERROR: too many samples outside")
-    assert one_line(error) == "Exception thrown in SimpleITK Execute: /src/x.cxx:12: sitk::ERROR: too many samples outside"
+    error = RuntimeError(
+        "Exception thrown in SimpleITK Execute:\n  /src/x.cxx:12:\n\tsitk::ERROR: too many samples outside"
+    )
+    assert (
+        one_line(error) == "Exception thrown in SimpleITK Execute: /src/x.cxx:12: sitk::ERROR: too many samples outside"
+    )

@@ -71,7 +71,10 @@ def samples(harvard_test: Path) -> Samples:
 
 @pytest.mark.parametrize("batch", [1, 3])
 def test_output_equals_onnxruntime_fp32_on_real_pairs(exported: Path, samples: Samples, batch: int) -> None:
-    with OpenVinoEngine(exported, threads=1, precision="f32") as ov, open_engine(exported, provider="cpu", threads=1) as ort:
+    with (
+        OpenVinoEngine(exported, threads=1, precision="f32") as ov,
+        open_engine(exported, provider="cpu", threads=1) as ort,
+    ):
         assert ov.batch_range[0] == 1 and ov.batch_range[1] >= 8
         assert ov.preprocess == ort.preprocess and ov.image_size == SIZE
         for start in range(0, len(samples.names), batch):
@@ -171,7 +174,8 @@ def _plan(tmp_path: Path) -> Path:
         (lambda p: write_max_fusion_onnx(p / "model.onnx"), {"backend": "tensorrt"}, "pass model.plan"),
         (lambda p: write_max_fusion_onnx(p / "model.onnx"), {"backend": "openvino", "provider": "cuda"}, "CPU only"),
         (lambda p: write_max_fusion_onnx(p / "model.onnx"), {"backend": "pytorch"}, "unknown backend 'pytorch'"),
-        (lambda p: write_max_fusion_onnx(p / "model.onnx", metadata=False), {"backend": "openvino"}, "no preprocessing"),
+        (lambda p: write_max_fusion_onnx(p / "model.onnx", metadata=False), {"backend": "openvino"},
+         "no preprocessing"),
         (lambda p: write_max_fusion_onnx(p / "model.onnx", graph_size=32), {"backend": "openvino"}, "sizes disagree"),
         (lambda p: p / "missing.onnx", {"backend": "openvino"}, "engine file not found"),
     ],
@@ -239,7 +243,10 @@ def test_fuse_run_backend_openvino_matches_onnxruntime(exported: Path, tmp_path:
 def test_fuse_run_refuses_backend_with_ray(exported: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(
         main,
-        ["--engine", str(exported), "--in", str(tmp_path), "--out", str(tmp_path / "o"), "--backend", "openvino", "--ray"],
+        [
+            "--engine", str(exported), "--in", str(tmp_path), "--out", str(tmp_path / "o"),
+            "--backend", "openvino", "--ray",
+        ],
     )
     assert result.exit_code == 2 and "--backend openvino is not available with --ray" in result.stderr
 

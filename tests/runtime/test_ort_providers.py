@@ -51,7 +51,9 @@ def test_tensorrt_gets_fp16_caches_and_the_manifest_profile_then_cuda_then_cpu(t
 
 def test_caches_of_another_tensorrt_or_gpu_live_apart(tmp_path: Path) -> None:
     paths = {
-        session_providers("tensorrt", ALL, tmp_path / "m.onnx", BATCH, 64, 0, gpu, version)[0][1]["trt_engine_cache_path"]
+        session_providers(
+            "tensorrt", ALL, tmp_path / "m.onnx", BATCH, 64, 0, gpu, version
+        )[0][1]["trt_engine_cache_path"]
         for gpu, version in (("H100-sm9.0", "10.16.1.11"), ("H100-sm9.0", "11.4.0.106"), ("L4-sm8.9", "10.16.1.11"))
     }
     assert len(paths) == 3
@@ -59,7 +61,9 @@ def test_caches_of_another_tensorrt_or_gpu_live_apart(tmp_path: Path) -> None:
 
 def test_cuda_and_cpu_chains_and_missing_providers(tmp_path: Path) -> None:
     model = tmp_path / "model.onnx"
-    assert session_providers("cuda", ALL, model, BATCH, 64, 1) == [(PROVIDERS["cuda"], {"device_id": 1}), (PROVIDERS["cpu"], {})]
+    assert session_providers("cuda", ALL, model, BATCH, 64, 1) == [
+        (PROVIDERS["cuda"], {"device_id": 1}), (PROVIDERS["cpu"], {})
+    ]
     assert session_providers("cpu", ALL, model, BATCH, 64, 1) == [(PROVIDERS["cpu"], {})]
     without_cuda = session_providers("tensorrt", [PROVIDERS["tensorrt"], PROVIDERS["cpu"]], model, BATCH, 64)
     assert [name for name, _ in without_cuda] == [PROVIDERS["tensorrt"], PROVIDERS["cpu"]]

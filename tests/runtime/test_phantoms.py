@@ -81,7 +81,9 @@ def test_every_pair_loads_registered(phantoms):
             assert ct.pixels.min() < -900  # air
             np.testing.assert_allclose(ct.affine, mri.affine, atol=1e-4)
             np.testing.assert_allclose(
-                sorted(ct.spacing), sorted((SPEC.slice_spacing_mm, SPEC.pixel_spacing_mm, SPEC.pixel_spacing_mm)), rtol=1e-5
+                sorted(ct.spacing),
+                sorted((SPEC.slice_spacing_mm, SPEC.pixel_spacing_mm, SPEC.pixel_spacing_mm)),
+                rtol=1e-5,
             )
         prepared = prepare_pair(ct, mri, pair.roles, PreprocessConfig(image_size=64))
         assert prepared.first.shape[1:] == (3, 64, 64) and prepared.second.shape[1:] == (1, 64, 64)
@@ -96,7 +98,9 @@ def test_dicom_series_reads_hu_through_pydicom_rescale(phantoms):
     assert hu.max() > 900 and hu.min() < -900
     # Same grid and frame of reference, distinct series and instances, valid UIDs.
     for ct, mr in zip(ct_sets, mr_sets):
-        for keyword in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "FrameOfReferenceUID", "StudyInstanceUID"):
+        for keyword in (
+            "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "FrameOfReferenceUID", "StudyInstanceUID"
+        ):
             assert ct[keyword].value == mr[keyword].value, keyword
     uids = [ds.SOPInstanceUID for ds in ct_sets + mr_sets]
     assert len(set(uids)) == len(uids)
@@ -132,7 +136,10 @@ def _voxel_of(part_name: str) -> tuple[int, int, int]:
 
 @pytest.mark.parametrize(
     ("part", "ct_visible", "mri_visible"),
-    [("calcification", True, False), ("lesion", False, True), ("small lesion", False, True), ("left ventricle", False, True)],
+    [
+        ("calcification", True, False), ("lesion", False, True), ("small lesion", False, True),
+        ("left ventricle", False, True),
+    ],
 )
 def test_structures_show_in_the_right_modality(phantoms, part, ct_visible, mri_visible):
     ct = np.asarray(nib.load(phantoms / "nifti" / "case01" / "ct.nii.gz").dataobj).transpose(2, 1, 0).astype(float)
@@ -153,7 +160,9 @@ def test_grey_and_white_matter_differ_on_mri_more_than_on_ct(phantoms):
     grey_col = int((1 - 0.63) / 2 * SPEC.volume_size)  # between white matter (0.57) and skull (0.69)
     white_col = SPEC.volume_size // 2 - 25
     ct_gap = ct[s, row - 2 : row + 3, grey_col].mean() - ct[s, row - 2 : row + 3, white_col].mean()
-    mri_gap = (mri[s, row - 2 : row + 3, grey_col].mean() - mri[s, row - 2 : row + 3, white_col].mean()) / SPEC.mri_stored_max
+    mri_gap = (
+        mri[s, row - 2 : row + 3, grey_col].mean() - mri[s, row - 2 : row + 3, white_col].mean()
+    ) / SPEC.mri_stored_max
     assert 0 < ct_gap < 20  # grey 38 HU vs white 30 HU: barely visible on CT
     assert mri_gap > 0.1
 

@@ -312,7 +312,9 @@ class _Overlapping:
         return Pending()
 
 
-def test_a_throughput_engine_gets_batches_side_by_side_with_the_same_outputs(engine, scans: Path, tmp_path: Path) -> None:
+def test_a_throughput_engine_gets_batches_side_by_side_with_the_same_outputs(
+    engine, scans: Path, tmp_path: Path
+) -> None:
     reference = tmp_path / "reference"
     run(engine, scans, reference, QUIET)
     overlapping = _Overlapping(engine, in_flight=3)

@@ -155,7 +155,9 @@ def test_clahe_off_is_bit_identical_to_normalisation(harvard_train):
 
 
 @pytest.mark.parametrize("mode", ["letterbox", "resize"])
-@pytest.mark.parametrize(("height", "width", "size"), [(200, 300, 64), (300, 200, 64), (50, 120, 64), (40, 40, 64), (100, 70, 96)])
+@pytest.mark.parametrize(
+    ("height", "width", "size"), [(200, 300, 64), (300, 200, 64), (50, 120, 64), (40, 40, 64), (100, 70, 96)]
+)
 def test_round_trip_restores_original_geometry(mode, height, width, size):
     config = PreprocessConfig(image_size=size, resize_mode=mode)
     image = smooth_image(height, width)

@@ -84,7 +84,9 @@ def runs(ray_cluster: None, exported: Path, scans: Path, tmp_path_factory: pytes
     with open_engine(exported, provider="cpu", threads=1) as engine:
         local = run(engine, scans, out / "local", options)
     announced = []
-    distributed = run_on_ray(exported, scans, out / "ray", options, RayOptions(provider="cpu"), on_engine=announced.append)
+    distributed = run_on_ray(
+        exported, scans, out / "ray", options, RayOptions(provider="cpu"), on_engine=announced.append
+    )
     return {"local": (out / "local", local), "ray": (out / "ray", distributed), "announced": announced}
 
 
@@ -124,7 +126,8 @@ def test_rerun_on_ray_skips_finished_outputs_and_redoes_a_missing_one(
     out = tmp_path / "out"
     shutil.copytree(ray_dir, out)
     (out / "nifti" / "case01.nii.gz").unlink()
-    (out / "harvard" / ".12.png.fuse-20250101T000000-deadbeef.abcd.partial.png").write_bytes(b"\x89PNG half")  # what a killed write leaves
+    # what a killed write leaves
+    (out / "harvard" / ".12.png.fuse-20250101T000000-deadbeef.abcd.partial.png").write_bytes(b"\x89PNG half")
     kept = {name: (out / name).stat().st_mtime_ns for name in _files(out) if name != "report.json"}
     result = CliRunner().invoke(
         main, ["--engine", str(exported), "--in", str(scans), "--out", str(out), "--ray", "--quiet"],
@@ -256,7 +259,8 @@ def test_runtime_and_cli_import_without_ray() -> None:
 def test_help_explains_ray() -> None:
     result = CliRunner().invoke(main, ["--help"])
     assert result.exit_code == 0
-    assert "--ray [ADDRESS]" in result.output and "ray start" in result.output and "fuse-ctmri[distributed]" in result.output
+    assert "--ray [ADDRESS]" in result.output and "ray start" in result.output
+    assert "fuse-ctmri[distributed]" in result.output
 
 
 def _files(folder: Path) -> list[str]:

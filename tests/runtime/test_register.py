@@ -81,7 +81,10 @@ def test_slices_register_in_2d(harvard_test: Path) -> None:
     assert abs(abs(np.degrees(record.transform["parameters"][0])) - 4.0) < 1.0
     assert record.metric_after < record.metric_before
     inside = np.s_[40:-40, 40:-40]
-    assert np.abs(aligned.pixels[inside] - mri.pixels[inside]).mean() < np.abs(moved[inside] - mri.pixels[inside]).mean() / 2
+    assert (
+        np.abs(aligned.pixels[inside] - mri.pixels[inside]).mean()
+        < np.abs(moved[inside] - mri.pixels[inside]).mean() / 2
+    )
 
 
 def test_registration_that_does_not_converge_is_refused(head: tuple[Scan, Scan]) -> None:

@@ -327,7 +327,8 @@ STANDARD = ("--engine", "{engine}", "--in", "{in}", "--out", "{out}", "--quiet")
 CASES = [
     Case("1 renamed pair added to a resumed run", _setup_renamed_pair_added, STANDARD, 0, "fused 1 pair(s)",
          changes=r"a_b-[0-9a-f]{8}\.png", check=_check_renamed_pair_added),
-    Case("2 ambiguous stem is not fused", _setup_ambiguous, STANDARD, 1, "several scans named 'x' (x.png, x.tif); keep one",
+    Case("2 ambiguous stem is not fused", _setup_ambiguous, STANDARD, 1,
+         "several scans named 'x' (x.png, x.tif); keep one",
          changes=r"good\.png", check=_check_ambiguous),
     Case("2 stale output of a deleted input is redone", _setup_ambiguity_resolved, STANDARD, 0, "fused 1 pair(s)",
          changes=r"x\.png", check=_check_ambiguity_resolved),

@@ -54,7 +54,9 @@ def _inside_agreement(ct_grid_mri: np.ndarray, reference: np.ndarray, mask: np.n
 
 
 def test_same_grid_pairs_come_back_untouched(phantoms: Path) -> None:
-    for first, second in (("nifti/case01/ct.nii.gz", "nifti/case01/mri.nii.gz"), ("dicom/case01/CT", "dicom/case01/MRI")):
+    for first, second in (
+        ("nifti/case01/ct.nii.gz", "nifti/case01/mri.nii.gz"), ("dicom/case01/CT", "dicom/case01/MRI")
+    ):
         ct, mri = read_scan(phantoms / first, "CT"), read_scan(phantoms / second, "MR")
         aligned, alignment = align_to_ct(ct, mri)
         assert aligned is mri and alignment.method == "same-grid" and alignment.overlap == 1.0

@@ -53,7 +53,9 @@ def real_batch(harvard_train) -> tuple[torch.Tensor, torch.Tensor]:
 def visir_run(vis_ir, workdir):
     """A real vis-ir checkpoint: one epoch on six TNO/RoadScene pairs at 64 px."""
     config = small_config("vis-ir", epochs=1, max_pairs=6)
-    result = run_training(config, RunOptions(data=vis_ir, out=workdir / "visir", device="cpu", progress=False), echo=lambda _: None)
+    result = run_training(
+        config, RunOptions(data=vis_ir, out=workdir / "visir", device="cpu", progress=False), echo=lambda _: None
+    )
     return result
 
 
@@ -88,7 +90,9 @@ def _write(path: Path, kind: str, model: FusionNet) -> Path:
     elif kind == "bare state dict":
         torch.save(model.state_dict(), path)
     elif kind == "future version":
-        torch.save({"format_version": 99, "model": {}, "task": "ct-mri", "modalities": ["ct", "mri"], "config": {}}, path)
+        torch.save(
+            {"format_version": 99, "model": {}, "task": "ct-mri", "modalities": ["ct", "mri"], "config": {}}, path
+        )
     elif kind == "wrong weights":
         state = {k: v for k, v in model.state_dict().items() if not k.startswith("decoder1")}
         torch.save(

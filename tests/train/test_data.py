@@ -109,7 +109,8 @@ def test_volumes_contribute_their_non_empty_slices(tmp_path):
         _write_case(tmp_path / case, volume, source.affine)
     data = load_training_data(tmp_path, config_for())
     samples = data.train + data.val
-    assert data.group_kind == "patient" and data.train_groups + data.val_groups in (["case01", "case02"], ["case02", "case01"])
+    assert data.group_kind == "patient"
+    assert data.train_groups + data.val_groups in (["case01", "case02"], ["case02", "case01"])
     slices = volume.shape[2]
     assert len(samples) == 2 * (slices - 5)
     assert {s.name for s in samples} == {f"{c}[{i}]" for c in ("case01", "case02") for i in range(5, slices)}
@@ -170,7 +171,9 @@ def test_augmentation_is_conservative(harvard_data):
     image = harvard_data.train[3].first
     rotated, _ = augment_pair(image, image, np.random.default_rng(0), config)
     assert np.abs(rotated - image).mean() < 0.1
-    still, _ = augment_pair(image, image, np.random.default_rng(0), config_for(hflip_p=0.0, intensity_jitter=0.0, rotate_degrees=0.0))
+    still, _ = augment_pair(
+        image, image, np.random.default_rng(0), config_for(hflip_p=0.0, intensity_jitter=0.0, rotate_degrees=0.0)
+    )
     assert np.array_equal(still, image)
 
 

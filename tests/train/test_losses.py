@@ -276,7 +276,10 @@ def test_unknown_detail_target_is_refused() -> None:
 def test_removed_options_load_from_old_runs_only_at_their_neutral_value() -> None:
     """Runs written before detail/content saturation were removed name them at 1 (off): those still
     load; a run that used them cannot be reproduced and is refused with the reason."""
-    old = {**TrainConfig().to_dict(), "loss": {**LossWeights().__dict__, "detail_saturation": 1.0, "content_saturation": 1.0}}
+    old = {
+        **TrainConfig().to_dict(),
+        "loss": {**LossWeights().__dict__, "detail_saturation": 1.0, "content_saturation": 1.0},
+    }
     assert TrainConfig.from_dict(old).loss == LossWeights()
     old["loss"]["content_saturation"] = 0.94
     with pytest.raises(ValueError, match="content_saturation was a rejected experiment and has been removed"):

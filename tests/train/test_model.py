@@ -115,7 +115,9 @@ def test_visir_state_maps_onto_ctmri_by_renaming_prefixes() -> None:
     ctmri = FusionNet(("ct", "mri"), imagenet=False)
     result = ctmri.load_state_dict(renamed, strict=True)
     assert not result.missing_keys and not result.unexpected_keys
-    assert torch.equal(ctmri.state_dict()["mri_encoder.layer4.2.conv2.weight"], visir["ir_encoder.layer4.2.conv2.weight"])
+    assert torch.equal(
+        ctmri.state_dict()["mri_encoder.layer4.2.conv2.weight"], visir["ir_encoder.layer4.2.conv2.weight"]
+    )
 
 
 @pytest.mark.parametrize(
@@ -165,7 +167,9 @@ def test_one_channel_stem_is_mean_of_rgb_stem() -> None:
     image = torch.rand(1, 1, 32, 32)
     assert torch.allclose(backbone.conv1(image.expand(1, 3, 32, 32)), 3 * gray(image), atol=1e-5)
     encoder = ResNetEncoder(resnet34(weights=None), in_channels=1)
-    assert [f.shape[1:] for f in encoder(torch.rand(1, 1, 64, 64))] == [(64, 16, 16), (128, 8, 8), (256, 4, 4), (512, 2, 2)]
+    assert [f.shape[1:] for f in encoder(torch.rand(1, 1, 64, 64))] == [
+        (64, 16, 16), (128, 8, 8), (256, 4, 4), (512, 2, 2)
+    ]
 
 
 def test_missing_imagenet_file_warns_once_and_never_downloads(

@@ -46,6 +46,8 @@ def test_visir_pretraining_keeps_the_design_loss() -> None:
 
 
 def test_command_line_overrides_the_release_file() -> None:
-    config = build_config(RELEASE / "ctmri.json", {"epochs": 3, "loss__detail": 5.0, "loss__detail_target": "magnitude"})
+    config = build_config(
+        RELEASE / "ctmri.json", {"epochs": 3, "loss__detail": 5.0, "loss__detail_target": "magnitude"}
+    )
     assert config.epochs == 3 and config.loss.detail == 5.0 and config.head == "select"
     assert config.loss.detail_target == "magnitude" and config.loss.detail_gain == 1.5

@@ -56,7 +56,9 @@ def workdir(tmp_path_factory):
 def reference(harvard_train, workdir):
     """Three uninterrupted epochs on six real pairs (five patients train, one validates)."""
     lines: list[str] = []
-    result = run_training(small_config(), RunOptions(harvard_train, workdir / "ref", device="cpu", progress=False), lines.append)
+    result = run_training(
+        small_config(), RunOptions(harvard_train, workdir / "ref", device="cpu", progress=False), lines.append
+    )
     return result, lines
 
 
@@ -113,7 +115,9 @@ def test_resume_continues_where_the_run_stopped(reference, harvard_train, workdi
     assert read_checkpoint(out / "last.pt")["epoch"] == 2
 
     lines: list[str] = []
-    resumed = run_training(small_config(), RunOptions(harvard_train, out, resume=True, device="cpu", progress=False), lines.append)
+    resumed = run_training(
+        small_config(), RunOptions(harvard_train, out, resume=True, device="cpu", progress=False), lines.append
+    )
     assert any(line.startswith("resuming") and "after epoch 2" in line for line in lines)
     assert [r["epoch"] for r in resumed.history] == [1, 2, 3]
     assert [line.split()[1] for line in lines if line.startswith("epoch ")] == ["3/3"]
@@ -184,14 +188,32 @@ CLI_ERRORS = {
     "missing data dir": (lambda t, d: ["--data", str(t / "nowhere"), "--out", str(t / "new")], "data folder not found"),
     "existing run dir": (lambda t, d: ["--data", str(d), "--out", str(_existing_run(t))], "already exists"),
     "no data or out": (lambda t, d: ["--epochs", "2"], "--data and --out are required"),
-    "crop not multiple of 32": (lambda t, d: ["--data", str(d), "--out", str(t / "new"), "--crop-size", "48"], "multiple of 32"),
-    "crop above model size": (lambda t, d: ["--data", str(d), "--out", str(t / "new"), "--crop-size", "512"], "must not exceed"),
+    "crop not multiple of 32": (
+        lambda t, d: ["--data", str(d), "--out", str(t / "new"), "--crop-size", "48"], "multiple of 32"
+    ),
+    "crop above model size": (
+        lambda t, d: ["--data", str(d), "--out", str(t / "new"), "--crop-size", "512"], "must not exceed"
+    ),
     "val fraction": (lambda t, d: ["--data", str(d), "--out", str(t / "new"), "--val-fraction", "1.5"], "val_fraction"),
-    "fp16 on cpu": (lambda t, d: ["--data", str(d), "--out", str(t / "new"), "--precision", "fp16", "--device", "cpu"], "needs a CUDA GPU"),
-    "missing config file": (lambda t, d: ["--data", str(d), "--out", str(t / "new"), "--config", str(t / "none.json")], "cannot read the settings file"),
-    "config not json": (lambda t, d: ["--data", str(d), "--out", str(t / "new"), "--config", str(_json_file(t, "{batch"))], "not valid JSON"),
-    "config unknown key": (lambda t, d: ["--data", str(d), "--out", str(t / "new"), "--config", str(_json_file(t, '{"batchsize": 4}'))], "unknown training settings"),
-    "missing init": (lambda t, d: ["--data", str(d), "--out", str(t / "new"), "--init", str(t / "visir.pt")], "not found"),
+    "fp16 on cpu": (
+        lambda t, d: ["--data", str(d), "--out", str(t / "new"), "--precision", "fp16", "--device", "cpu"],
+        "needs a CUDA GPU",
+    ),
+    "missing config file": (
+        lambda t, d: ["--data", str(d), "--out", str(t / "new"), "--config", str(t / "none.json")],
+        "cannot read the settings file",
+    ),
+    "config not json": (
+        lambda t, d: ["--data", str(d), "--out", str(t / "new"), "--config", str(_json_file(t, "{batch"))],
+        "not valid JSON",
+    ),
+    "config unknown key": (
+        lambda t, d: ["--data", str(d), "--out", str(t / "new"), "--config", str(_json_file(t, '{"batchsize": 4}'))],
+        "unknown training settings",
+    ),
+    "missing init": (
+        lambda t, d: ["--data", str(d), "--out", str(t / "new"), "--init", str(t / "visir.pt")], "not found"
+    ),
     "resume without last.pt": (lambda t, d: ["--resume", str(_existing_run(t))], "checkpoint not found"),
 }
 
