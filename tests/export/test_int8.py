@@ -1,4 +1,4 @@
-"""fuse-export --int8: a valid QDQ model with the gates and stems in float, close to FP32 on real
+"""fuse-export --int8: a valid QDQ model with the gates, stems and output head in float, close to FP32 on real
 pairs, carrying the fuse metadata, with its parity report and manifest entry; refusals."""
 
 from __future__ import annotations
@@ -120,8 +120,40 @@ def test_gates_and_stems_stay_float(graphs: tuple[onnx.ModelProto, onnx.ModelPro
                 checked += 1
     assert checked >= len(pre_activations) + len(stems)
     # everything else that carries weights is quantised: its weight comes from a DequantizeLinear
-    others = [n for n in int8.graph.node if n.op_type in ("Conv", "ConvTranspose") and n.name not in gates | stems]
+    floats = {name for names in kept.values() for name in names}
+    others = [n for n in int8.graph.node if n.op_type in ("Conv", "ConvTranspose") and n.name not in floats]
     assert others and all(produced_by[n.input[1]].op_type == "DequantizeLinear" for n in others)
+
+
+def test_output_head_stays_float(graphs: tuple[onnx.ModelProto, onnx.ModelProto]) -> None:
+    """Issue 22: every node of the output head (``/final/...``) runs in float, its weights are float
+    initialisers and no QDQ pair sits between two of its nodes; the decoder before it stays INT8."""
+    fp32, int8 = graphs
+    kept = float_nodes(fp32)
+    head = {n.name for n in fp32.graph.node if n.name.startswith("/final/")}
+    assert head and {n.op_type for n in fp32.graph.node if n.name in head} >= {"Resize", "Conv"}
+    assert head <= set(kept["head"]) | set(kept["gates"]) and not set(kept["head"]) & set(kept["gates"])
+    assert "head" not in float_nodes(fp32, keep_head=False)
+    initializers = {t.name: t for t in int8.graph.initializer}
+    produced_by = {out: node for node in int8.graph.node for out in node.output}
+    convs = [n for n in int8.graph.node if n.name in head and n.op_type == "Conv"]
+    assert len(convs) == 2
+    for conv in convs:
+        assert initializers[conv.input[1]].data_type == onnx.TensorProto.FLOAT, conv.name
+        assert all(produced_by.get(name) is None or produced_by[name].op_type != "DequantizeLinear"
+                   for name in conv.input), conv.name
+    consumers: dict[str, list[str]] = {}
+    for node in int8.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node.name)
+    by_name = {node.name: node for node in int8.graph.node}
+    for quant in (n for n in int8.graph.node if n.op_type == "QuantizeLinear"):
+        source = produced_by.get(quant.input[0])
+        if source is not None and source.name in head:  # rounds a head tensor only for a quantised reader
+            users = [u for d in consumers[quant.output[0]] for u in consumers.get(by_name[d].output[0], [])]
+            assert any(user not in head for user in users), quant.name
+    decoder = [n for n in int8.graph.node if n.name.startswith("/decoder1/") and n.op_type in ("Conv", "ConvTranspose")]
+    assert decoder and all(produced_by[n.input[1]].op_type == "DequantizeLinear" for n in decoder)
 
 
 def test_int8_output_close_to_fp32_and_report_is_honest(int8_export: Export, samples_64: Samples) -> None:
@@ -161,7 +193,8 @@ def test_metadata_and_manifest_carry_through(
     entry = manifest.artifacts[MODEL_INT8_ONNX]
     assert entry["precision"] == "int8" and entry["bytes"] == (int8_export.out / MODEL_INT8_ONNX).stat().st_size
     assert entry["calibration"]["method"] == "percentile" and len(entry["calibration"]["pairs"]) == CALIBRATION_PAIRS
-    assert entry["float_nodes"] == {"gates": len(float_nodes(fp32)["gates"]), "stems": 2}
+    kept = float_nodes(fp32)
+    assert entry["float_nodes"] == {"gates": len(kept["gates"]), "stems": 2, "head": len(kept["head"])}
     assert manifest.parity["int8"]["report"] == INT8_PARITY_JSON
     with open_engine(int8_export.out / MODEL_INT8_ONNX, provider="cpu", threads=1) as engine:
         assert engine.preprocess == manifest.preprocess and engine.image_size == SIZE
@@ -272,9 +305,9 @@ def test_no_qdq_pair_only_rounds_a_tensor_between_float_nodes(graphs: tuple[onnx
     for quant in (n for n in int8.graph.node if n.op_type == "QuantizeLinear"):
         users = [u for d in consumers.get(quant.output[0], []) for u in consumers.get(d.output[0], [])]
         assert any(user.name not in floats for user in users), quant.name
-    output_conv = next(
+    output_conv = [
         n for n in int8.graph.node if n.name in floats and n.name.startswith("/final") and n.op_type == "Conv"
-    )
+    ][-1]
     assert produced_by[output_conv.input[0]].op_type == "Relu"
 
 
