@@ -10,9 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.report import machine_info
+from fuse_runtime.cpu_features import cpu_flags, native_bf16
 
-NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
-"""/proc/cpuinfo flags of CPUs that compute in bf16 natively (x86 AVX512-BF16 / AMX, Arm BF16)."""
 SIMD_FLAGS = ("avx512f", "avx2", "avx", "sse4_2", "asimd")
 """Widest-first SIMD flags, to name what a CPU without native bf16 has instead."""
 
@@ -30,11 +29,12 @@ class Bf16Support:
 
 
 def cpu_bf16_support(cpuinfo: str | Path = "/proc/cpuinfo") -> Bf16Support:
-    """Does this CPU have native bf16 arithmetic (AVX512-BF16, AMX-BF16, Arm BF16)? Read from its flags."""
-    flags = _cpu_flags(Path(cpuinfo))
-    native = [flag for flag in NATIVE_BF16_FLAGS if flag in flags]
+    """Does this CPU have native bf16 arithmetic (AVX512-BF16, AMX-BF16, Arm BF16)? fuse_runtime's one
+    answer (``cpu_features``), with the widest SIMD named when the answer is no."""
+    native, words = native_bf16(cpuinfo)
     if native:
-        return Bf16Support(True, f"native bf16 ({', '.join(native)})")
+        return Bf16Support(True, words)
+    flags = cpu_flags(cpuinfo) or set()
     widest = next((flag for flag in SIMD_FLAGS if flag in flags), "none found")
     return Bf16Support(
         False,
@@ -72,16 +72,6 @@ def has_module(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
 
 
-def _cpu_flags(cpuinfo: Path) -> set[str]:
-    try:
-        text = cpuinfo.read_text(errors="replace")
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        key = line.split(":", 1)[0].strip().lower()
-        if key in ("flags", "features"):
-            return set(line.split(":", 1)[1].split())
-    return set()
 
 
 def peak_rss_mib() -> float | None:

@@ -23,7 +23,7 @@ from benchmarks.latency.machine import (
     process_gpu_mib,
 )
 from benchmarks.latency.models import onnx_precision, openvino_precision
-from fuse_runtime.errors import FuseError
+from fuse_runtime.errors import FuseError, first_line
 
 WORKER_MAIN = "import sys; from benchmarks.latency.worker import worker_main; worker_main(sys.argv[1])"
 """The command line (``python -c``) of a backend's process; its argument is the spec file."""
@@ -235,5 +235,4 @@ def _check_output(fused: np.ndarray, batch: int, size: int) -> None:
 
 def _reason(error: BaseException) -> str:
     """One line for a table: the exception type and the first line of its message."""
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}"
+    return first_line(error, with_type=True)
