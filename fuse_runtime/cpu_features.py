@@ -37,27 +37,32 @@ def cpu_flags(cpuinfo: str | Path = CPUINFO) -> set[str] | None:
 def native_bf16(cpuinfo: str | Path = CPUINFO) -> tuple[bool, str]:
     """Whether the CPU has native bf16, and why, in words for a notice. A missing or unreadable
     ``cpuinfo`` counts as no native bf16."""
-    flags = cpu_flags(cpuinfo)
-    if flags is None:
-        return False, f"cannot read {cpuinfo} to look for native bf16 (AVX512-BF16/AMX, Arm BF16)"
-    found = [flag for flag in NATIVE_BF16_FLAGS if flag in flags]
-    if found:
-        return True, f"this CPU has native bf16 ({', '.join(found)})"
-    return False, "this CPU has no native bf16 (AVX512-BF16/AMX), nor Arm's BF16"
+    return _look_for(
+        cpuinfo, NATIVE_BF16_FLAGS, "native bf16 (AVX512-BF16/AMX, Arm BF16)", "native bf16",
+        "no native bf16 (AVX512-BF16/AMX), nor Arm's BF16",
+    )
 
 
 def native_int8(cpuinfo: str | Path = CPUINFO) -> tuple[bool, str]:
     """Whether the CPU has int8 dot-product instructions (AMX-INT8, AVX512-VNNI, AVX-VNNI), and why, in
     words for a notice. A missing or unreadable ``cpuinfo`` counts as none."""
-    flags = cpu_flags(cpuinfo)
-    if flags is None:
-        return False, f"cannot read {cpuinfo} to look for int8 dot products (AMX-INT8/VNNI)"
-    found = [flag for flag in NATIVE_INT8_FLAGS if flag in flags]
-    if found:
-        return True, f"this CPU has native int8 dot products ({', '.join(found)})"
-    return False, "this CPU has no int8 dot products (AMX-INT8/VNNI)"
+    return _look_for(
+        cpuinfo, NATIVE_INT8_FLAGS, "int8 dot products (AMX-INT8/VNNI)", "native int8 dot products",
+        "no int8 dot products (AMX-INT8/VNNI)",
+    )
 
 
 def has_native_bf16(cpuinfo: str | Path = CPUINFO) -> bool:
     """Whether the CPU computes bf16 natively (x86 AVX512-BF16 or AMX-BF16, Arm BF16)."""
     return native_bf16(cpuinfo)[0]
+
+
+def _look_for(cpuinfo: str | Path, wanted: tuple[str, ...], what: str, has: str, has_not: str) -> tuple[bool, str]:
+    """Whether any of ``wanted`` is among the CPU's flags, with the sentence for a notice."""
+    flags = cpu_flags(cpuinfo)
+    if flags is None:
+        return False, f"cannot read {cpuinfo} to look for {what}"
+    found = [flag for flag in wanted if flag in flags]
+    if found:
+        return True, f"this CPU has {has} ({', '.join(found)})"
+    return False, f"this CPU has {has_not}"
